@@ -1,0 +1,74 @@
+# mmfl — one entry point for a fresh machine:
+#   make run    installs what is missing, builds (Release), runs configs/quickstart.yaml
+#   make test   builds and runs the whole test suite (ctest)
+# On a machine whose Python already has torch 2.11.0:  make run PYTHON=python3
+
+PYTHON      ?= .venv/bin/python
+TORCH_VER   := 2.11.0
+BUILD       ?= build
+CONFIG      ?= configs/quickstart.yaml
+JOBS        ?= $(shell nproc)
+# Debian packages the build and tests need (checked with dpkg, installed only when missing).
+DEB_PKGS    := cmake ninja-build g++ ccache pkg-config python3 python3-venv zlib1g-dev \
+               libyaml-cpp-dev nlohmann-json3-dev libcli11-dev googletest libgtest-dev \
+               libbenchmark-dev dataset-fashion-mnist
+SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test build configure deps venv sanitize asan tsan bench clean
+
+run: build
+	$(BUILD)/mmfl run $(CONFIG)
+
+test: build
+	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
+
+build: configure
+	cmake --build $(BUILD) -j $(JOBS)
+
+configure: deps venv
+	@if [ ! -f $(BUILD)/build.ninja ]; then \
+	  cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release \
+	    -DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache \
+	    -DCMAKE_PREFIX_PATH="$$($(PYTHON) -c 'import torch.utils; print(torch.utils.cmake_prefix_path)' 2>/dev/null)" \
+	    -DMMFL_PYTHON="$(PYTHON)"; \
+	fi
+
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "mmfl: installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+venv:
+	@if [ "$(PYTHON)" = ".venv/bin/python" ] && [ ! -x .venv/bin/python ]; then \
+	  echo "mmfl: creating the virtual environment .venv"; python3 -m venv .venv; fi
+	@if ! $(PYTHON) -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$(TORCH_VER)' else 1)" 2>/dev/null; then \
+	  if [ "$(PYTHON)" != ".venv/bin/python" ]; then \
+	    echo "mmfl: $(PYTHON) has no torch $(TORCH_VER); install it or drop PYTHON= to use .venv"; exit 2; fi; \
+	  echo "mmfl: installing torch==$(TORCH_VER) from PyPI into .venv (about 3 GB with its CUDA libraries)"; \
+	  .venv/bin/pip install --progress-bar off -q torch==$(TORCH_VER); \
+	fi
+
+# Kernels-only builds under the sanitizers (no LibTorch): the SIMT-emulated kernel tests.
+asan:
+	cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMMFL_KERNELS_ONLY=ON \
+	  -DMMFL_SANITIZE=address -DCMAKE_CXX_COMPILER_LAUNCHER=ccache
+	cmake --build build-asan -j $(JOBS)
+	ctest --test-dir build-asan --output-on-failure -j $(JOBS)
+
+tsan:
+	cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMMFL_KERNELS_ONLY=ON \
+	  -DMMFL_SANITIZE=thread -DCMAKE_CXX_COMPILER_LAUNCHER=ccache
+	cmake --build build-tsan -j $(JOBS)
+	ctest --test-dir build-tsan --output-on-failure -j $(JOBS)
+
+sanitize: asan tsan
+
+bench: build
+	$(BUILD)/bench/mmfl_bench
+
+clean:
+	rm -rf $(BUILD) build-asan build-tsan

@@ -1,0 +1,28 @@
+// Checkpoints: the round reached and named fp32 tensors, in a small self-checking binary format
+// (magic, version, JSON header, raw data, CRC-32), written atomically (temp file, fsync,
+// rename), so a crash mid-write never leaves a checkpoint that looks valid.
+#pragma once
+
+#include <torch/types.h>
+
+#include <map>
+#include <string>
+
+namespace mmfl::engine {
+
+struct Checkpoint {
+  int64_t round = 0;        // rounds completed
+  std::string config_hash;  // of the resolved config, so a resume cannot mix experiments
+  std::map<std::string, torch::Tensor> tensors;  // CPU fp32, 1-D
+};
+
+void save_checkpoint(const std::string& path, const Checkpoint& ckpt);
+// Throws mmfl::Error naming the file and what is wrong (offset, CRC) for a damaged file.
+Checkpoint load_checkpoint(const std::string& path);
+
+// Writes `text` to `path` through a temp file and rename (never a half-written file).
+void write_file_atomic(const std::string& path, const std::string& text);
+
+std::string fnv1a_hex(const std::string& text);
+
+}  // namespace mmfl::engine

@@ -1,0 +1,304 @@
+#include "engine/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include "mmfl/error.h"
+
+namespace mmfl::engine {
+
+namespace {
+
+// One YAML mapping being read: remembers which keys were asked for, so leftovers are reported
+// as unknown, and records every resolved value into `out` for the run directory.
+class Section {
+ public:
+  Section(YAML::Node node, std::string path, YAML::Node out)
+      : node_(std::move(node)), path_(std::move(path)), out_(std::move(out)) {
+    MMFL_CHECK(!node_.IsDefined() || node_.IsNull() || node_.IsMap(), "config key '",
+               path_.empty() ? "<root>" : path_, "' must be a mapping of keys to values");
+  }
+
+  template <typename T>
+  T get(const std::string& key, T def) {
+    keys_.push_back(key);
+    T value = def;
+    YAML::Node v = node_.IsMap() ? node_[key] : YAML::Node();
+    if (v.IsDefined() && !v.IsNull()) {
+      MMFL_CHECK(v.IsScalar(), "config key '", full(key), "' must be a single value");
+      try {
+        value = v.as<T>();
+      } catch (const YAML::Exception&) {
+        MMFL_FAIL("config key '", full(key), "': expected ", type_name<T>(), ", got '",
+                  v.Scalar(), "'");
+      }
+    }
+    out_[key] = value;
+    return value;
+  }
+
+  int64_t get_int(const std::string& key, int64_t def, int64_t lo, int64_t hi) {
+    const int64_t v = get<int64_t>(key, def);
+    MMFL_CHECK(v >= lo && v <= hi, "config key '", full(key), "' = ", v, " is out of range [",
+               lo, ", ", hi, "]");
+    return v;
+  }
+  double get_double(const std::string& key, double def, double lo, double hi) {
+    const double v = get<double>(key, def);
+    MMFL_CHECK(std::isfinite(v) && v >= lo && v <= hi, "config key '", full(key), "' = ", v,
+               " is out of range [", lo, ", ", hi, "]");
+    return v;
+  }
+  std::string get_choice(const std::string& key, const std::string& def,
+                         const std::vector<std::string>& allowed) {
+    const std::string v = get<std::string>(key, def);
+    if (std::find(allowed.begin(), allowed.end(), v) == allowed.end()) {
+      MMFL_FAIL("config key '", full(key), "' = '", v, "': allowed values are ", join(allowed));
+    }
+    return v;
+  }
+
+  Section child(const std::string& key) {
+    keys_.push_back(key);
+    YAML::Node sub = node_.IsMap() ? node_[key] : YAML::Node();
+    out_[key] = YAML::Node(YAML::NodeType::Map);
+    return Section(sub, full(key), out_[key]);
+  }
+
+  // Every key present must have been asked for.
+  void finish() const {
+    if (!node_.IsMap()) return;
+    for (const auto& kv : node_) {
+      const std::string k = kv.first.as<std::string>();
+      if (std::find(keys_.begin(), keys_.end(), k) == keys_.end()) {
+        MMFL_FAIL("unknown config key '", full(k), "'; allowed keys",
+                  path_.empty() ? "" : " in '" + path_ + "'", ": ", join(keys_));
+      }
+    }
+  }
+
+ private:
+  std::string full(const std::string& key) const { return path_.empty() ? key : path_ + "." + key; }
+  static std::string join(const std::vector<std::string>& v) {
+    std::string s;
+    for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + v[i];
+    return s;
+  }
+  template <typename T>
+  static const char* type_name() {
+    if constexpr (std::is_same_v<T, bool>) return "true or false";
+    if constexpr (std::is_integral_v<T>) return "an integer";
+    if constexpr (std::is_floating_point_v<T>) return "a number";
+    return "a string";
+  }
+
+  YAML::Node node_;
+  std::string path_;
+  YAML::Node out_;
+  std::vector<std::string> keys_;
+};
+
+void apply_override(YAML::Node& root, const std::string& assignment) {
+  const auto eq = assignment.find('=');
+  MMFL_CHECK(eq != std::string::npos && eq > 0, "--set '", assignment,
+             "': expected key=value, for example --set train.lr=0.01");
+  const std::string path = assignment.substr(0, eq);
+  const std::string value = assignment.substr(eq + 1);
+  std::vector<std::string> parts;
+  std::stringstream ss(path);
+  for (std::string p; std::getline(ss, p, '.');) {
+    MMFL_CHECK(!p.empty(), "--set '", assignment, "': empty part in key path '", path, "'");
+    parts.push_back(p);
+  }
+  // yaml-cpp's operator[] on nodes aliases; walk with explicit copies of child handles.
+  std::vector<YAML::Node> chain = {root};
+  for (size_t i = 0; i + 1 < parts.size(); ++i) {
+    YAML::Node next = chain.back()[parts[i]];
+    if (!next.IsDefined() || next.IsNull()) {
+      chain.back()[parts[i]] = YAML::Node(YAML::NodeType::Map);
+      next = chain.back()[parts[i]];
+    }
+    MMFL_CHECK(next.IsMap(), "--set '", assignment, "': '", parts[i], "' is not a section");
+    chain.push_back(next);
+  }
+  YAML::Node parsed;
+  try {
+    parsed = YAML::Load(value);
+  } catch (const YAML::Exception& e) {
+    MMFL_FAIL("--set '", assignment, "': cannot parse the value: ", e.msg);
+  }
+  chain.back()[parts.back()] = parsed;
+}
+
+}  // namespace
+
+std::string to_string(DeviceChoice d) {
+  switch (d) {
+    case DeviceChoice::kAuto:
+      return "auto";
+    case DeviceChoice::kCpu:
+      return "cpu";
+    case DeviceChoice::kCuda:
+      return "cuda";
+    default:
+      MMFL_FAIL("unknown DeviceChoice ", static_cast<int>(d));
+  }
+}
+
+DeviceChoice device_choice_from(const std::string& s) {
+  if (s == "auto") return DeviceChoice::kAuto;
+  if (s == "cpu") return DeviceChoice::kCpu;
+  if (s == "cuda") return DeviceChoice::kCuda;
+  MMFL_FAIL("device '", s, "': allowed values are auto, cpu, cuda");
+}
+
+Config parse_config(const YAML::Node& root, const std::string& origin) {
+  MMFL_CHECK(root.IsMap(), "config '", origin, "' must be a YAML mapping at the top level");
+  YAML::Node out(YAML::NodeType::Map);
+  Section top(root, "", out);
+  Config c;
+  c.name = top.get<std::string>("name", c.name);
+  MMFL_CHECK(!c.name.empty() && c.name.find('/') == std::string::npos,
+             "config key 'name' = '", c.name, "' must be non-empty and contain no '/'");
+  c.seed = top.get<uint64_t>("seed", c.seed);
+  c.rounds = top.get_int("rounds", c.rounds, 1, 1000000);
+  c.device = device_choice_from(top.get_choice("device", "auto", {"auto", "cpu", "cuda"}));
+
+  {
+    Section s = top.child("data");
+    auto& d = c.data;
+    d.root = s.get<std::string>("root", d.root);
+    d.caption_seed = s.get<uint64_t>("caption_seed", d.caption_seed);
+    d.public_size = s.get_int("public_size", d.public_size, 0, 50000);
+    d.train_limit = s.get_int("train_limit", d.train_limit, 0, 60000);
+    d.test_limit = s.get_int("test_limit", d.test_limit, 0, 10000);
+    d.retrieval_pairs = s.get_int("retrieval_pairs", d.retrieval_pairs, 10, 10000);
+    d.max_tokens = s.get_int("max_tokens", d.max_tokens, 4, 256);
+    s.finish();
+  }
+  {
+    Section s = top.child("population");
+    auto& p = c.population;
+    p.clients = s.get_int("clients", p.clients, 1, 10000000);
+    {
+      Section m = s.child("modality_mix");
+      p.mix.image = m.get_double("image", p.mix.image, 0, 1);
+      p.mix.text = m.get_double("text", p.mix.text, 0, 1);
+      p.mix.paired = m.get_double("paired", p.mix.paired, 0, 1);
+      m.finish();
+      const double sum = p.mix.image + p.mix.text + p.mix.paired;
+      MMFL_CHECK(std::abs(sum - 1.0) < 1e-6, "config keys 'population.modality_mix.*' sum to ",
+                 sum, "; image + text + paired must be 1");
+    }
+    const std::string part = s.get_choice("partition", "dirichlet", {"iid", "dirichlet"});
+    p.partition = part == "iid" ? Partition::kIid : Partition::kDirichlet;
+    p.alpha = s.get_double("alpha", p.alpha, 1e-3, 1e6);
+    p.quantity_skew = s.get_double("quantity_skew", p.quantity_skew, 0, 5);
+    p.min_samples = s.get_int("min_samples", p.min_samples, 1, 100000);
+    s.finish();
+  }
+  {
+    Section s = top.child("sampling");
+    c.clients_per_round = s.get_int("clients_per_round", c.clients_per_round, 1, 1000000);
+    s.finish();
+    MMFL_CHECK(c.clients_per_round <= c.population.clients, "config key "
+               "'sampling.clients_per_round' = ", c.clients_per_round, " exceeds "
+               "'population.clients' = ", c.population.clients);
+  }
+  {
+    Section s = top.child("model");
+    auto& m = c.model;
+    m.embed_dim = s.get_int("embed_dim", m.embed_dim, 1, 65536);
+    {
+      Section e = s.child("image_encoder");
+      m.image.kind = modalities::image_encoder_kind_from(e.get_choice("kind", "cnn", {"cnn", "mlp"}));
+      m.image.width = e.get_int("width", m.image.width, 1, 65536);
+      m.image.depth = e.get_int("depth", m.image.depth, 0, 16);
+      m.image.embed_dim = m.embed_dim;
+      e.finish();
+    }
+    {
+      Section e = s.child("text_encoder");
+      m.text.kind =
+          modalities::text_encoder_kind_from(e.get_choice("kind", "bow", {"bow", "transformer"}));
+      m.text.width = e.get_int("width", m.text.width, 1, 65536);
+      m.text.depth = e.get_int("depth", m.text.depth, 0, 16);
+      m.text.heads = e.get_int("heads", m.text.heads, 1, 256);
+      m.text.embed_dim = m.embed_dim;
+      e.finish();
+      MMFL_CHECK(m.text.kind != modalities::TextEncoderKind::kTransformer ||
+                     (m.text.width % m.text.heads == 0 && m.text.depth >= 1),
+                 "config keys 'model.text_encoder.*': a transformer needs depth >= 1 and heads (",
+                 m.text.heads, ") dividing width (", m.text.width, ")");
+    }
+    s.finish();
+  }
+  {
+    Section s = top.child("train");
+    auto& t = c.train;
+    t.optimizer = s.get_choice("optimizer", "sgd", {"sgd", "adam"}) == "sgd" ? OptimizerKind::kSgd
+                                                                            : OptimizerKind::kAdam;
+    t.lr = s.get_double("lr", t.lr, 1e-9, 100);
+    t.momentum = s.get_double("momentum", t.momentum, 0, 0.999);
+    t.weight_decay = s.get_double("weight_decay", t.weight_decay, 0, 1);
+    t.epochs = s.get_int("epochs", t.epochs, 1, 1000);
+    t.batch_size = s.get_int("batch_size", t.batch_size, 1, 1 << 20);
+    t.contrastive_weight = s.get_double("contrastive_weight", t.contrastive_weight, 0, 1000);
+    t.temperature = s.get_double("temperature", t.temperature, 1e-4, 100);
+    s.finish();
+  }
+  {
+    Section s = top.child("strategy");
+    s.get_choice("name", "fedavg", {"fedavg"});
+    c.strategy = StrategyKind::kFedAvg;
+    s.finish();
+  }
+  {
+    Section s = top.child("eval");
+    c.eval_every = s.get_int("every", c.eval_every, 1, 1000000);
+    c.eval_batch_size = s.get_int("batch_size", c.eval_batch_size, 1, 1 << 20);
+    s.finish();
+  }
+  {
+    Section s = top.child("checkpoint");
+    c.checkpoint_every = s.get_int("every", c.checkpoint_every, 1, 1000000);
+    c.checkpoint_keep = s.get_int("keep", c.checkpoint_keep, 1, 1000);
+    s.finish();
+  }
+  top.finish();
+  YAML::Emitter em;
+  em << out;
+  c.resolved_yaml = std::string(em.c_str()) + "\n";
+  return c;
+}
+
+Config parse_config_text(const std::string& yaml, const std::vector<std::string>& overrides) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml);
+  } catch (const YAML::Exception& e) {
+    MMFL_FAIL("config: YAML syntax error at line ", e.mark.line + 1, ", column ",
+              e.mark.column + 1, ": ", e.msg);
+  }
+  if (!root.IsDefined() || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+  for (const auto& o : overrides) apply_override(root, o);
+  return parse_config(root, "<text>");
+}
+
+Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  std::ifstream in(path);
+  MMFL_CHECK(in.good(), "cannot open config file '", path, "'");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  try {
+    return parse_config_text(ss.str(), overrides);
+  } catch (const Error& e) {
+    throw Error(path + ": " + e.reason(), __FILE__, __LINE__);
+  }
+}
+
+}  // namespace mmfl::engine

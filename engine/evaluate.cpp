@@ -1,0 +1,49 @@
+#include "engine/evaluate.h"
+
+#include <torch/nn/functional/normalization.h>
+
+namespace mmfl::engine {
+
+namespace {
+
+torch::Tensor features(Tower& tower, const torch::Tensor& x, int64_t batch) {
+  std::vector<torch::Tensor> parts;
+  for (int64_t b = 0; b < x.size(0); b += batch)
+    parts.push_back(tower.features(x.narrow(0, b, std::min(batch, x.size(0) - b))));
+  return torch::cat(parts);
+}
+
+double accuracy(Tower& tower, const torch::Tensor& feats, const torch::Tensor& labels) {
+  return tower.logits(feats).argmax(1).eq(labels).to(torch::kFloat64).mean().item<double>();
+}
+
+}  // namespace
+
+void recall_at(const torch::Tensor& sim, double out[3]) {
+  // Rank of the matching item = how many items score strictly higher than it.
+  const auto diag = sim.diagonal().unsqueeze(1);
+  const auto rank = sim.gt(diag).sum(1);
+  const int64_t ks[3] = {1, 5, 10};
+  for (int i = 0; i < 3; ++i) out[i] = rank.lt(ks[i]).to(torch::kFloat64).mean().item<double>();
+}
+
+EvalResult evaluate(GlobalModel& model, const FederatedData& data, int64_t batch_size) {
+  torch::NoGradGuard no_grad;
+  model.image->eval();
+  model.text->eval();
+  EvalResult r;
+  const auto fi = features(*model.image, data.test.images, batch_size);
+  const auto ft = features(*model.text, data.test.tokens, batch_size);
+  r.image_acc = accuracy(*model.image, fi, data.test.labels);
+  r.text_acc = accuracy(*model.text, ft, data.test.labels);
+  namespace F = torch::nn::functional;
+  const auto opts = F::NormalizeFuncOptions().dim(1);
+  const auto ri = F::normalize(fi.index_select(0, data.retrieval), opts);
+  const auto rt = F::normalize(ft.index_select(0, data.retrieval), opts);
+  const auto sim = torch::matmul(ri, rt.t());
+  recall_at(sim, r.i2t);
+  recall_at(sim.t(), r.t2i);
+  return r;
+}
+
+}  // namespace mmfl::engine

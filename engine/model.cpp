@@ -1,0 +1,51 @@
+#include "engine/model.h"
+
+#include <vector>
+
+#include "mmfl/error.h"
+#include "modalities/text/encoders.h"
+
+namespace mmfl::engine {
+
+Tower::Tower(std::shared_ptr<modalities::Encoder> encoder, int64_t num_classes)
+    : encoder_(register_module("encoder", std::move(encoder))) {
+  head_ = register_module("head", torch::nn::Linear(encoder_->embed_dim(), num_classes));
+}
+
+torch::Tensor Tower::flat() const {
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> parts;
+  for (const auto& p : parameters()) parts.push_back(p.detach().reshape({-1}));
+  return torch::cat(parts).to(torch::kFloat32);
+}
+
+void Tower::load_flat(const torch::Tensor& flat) {
+  torch::NoGradGuard no_grad;
+  MMFL_CHECK(flat.dim() == 1 && flat.size(0) == num_params(), "tower expects ", num_params(),
+             " parameters, got a tensor of shape ", flat.sizes());
+  // Copies (never aliases) so a tower can be reloaded from a shared global vector.
+  int64_t at = 0;
+  for (auto& p : parameters()) {
+    p.copy_(flat.narrow(0, at, p.numel()).view_as(p));
+    at += p.numel();
+  }
+}
+
+int64_t Tower::num_params() const {
+  int64_t n = 0;
+  for (const auto& p : parameters()) n += p.numel();
+  return n;
+}
+
+std::shared_ptr<Tower> make_image_tower(const ModelConfig& m, int64_t h, int64_t w,
+                                        int64_t num_classes) {
+  return std::make_shared<Tower>(modalities::make_image_encoder(m.image, h, w), num_classes);
+}
+
+std::shared_ptr<Tower> make_text_tower(const ModelConfig& m, int64_t vocab, int64_t max_tokens,
+                                       int64_t num_classes) {
+  return std::make_shared<Tower>(modalities::make_text_encoder(m.text, vocab, max_tokens),
+                                 num_classes);
+}
+
+}  // namespace mmfl::engine

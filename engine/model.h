@@ -1,0 +1,40 @@
+// A tower: one modality's encoder plus its class head. The global model is one tower per
+// modality; FedAvg averages each tower over the clients that hold that modality.
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/linear.h>
+
+#include <memory>
+
+#include "engine/config.h"
+#include "modalities/image/encoders.h"
+
+namespace mmfl::engine {
+
+class Tower : public torch::nn::Module {
+ public:
+  Tower(std::shared_ptr<modalities::Encoder> encoder, int64_t num_classes);
+  torch::Tensor features(const torch::Tensor& x) { return encoder_->forward(x); }  // [B, D]
+  torch::Tensor logits(const torch::Tensor& features) { return head_->forward(features); }
+  // All parameters as one flat fp32 vector (registration order) and back.
+  torch::Tensor flat() const;
+  void load_flat(const torch::Tensor& flat);
+  int64_t num_params() const;
+
+ private:
+  std::shared_ptr<modalities::Encoder> encoder_;
+  torch::nn::Linear head_{nullptr};
+};
+
+struct GlobalModel {
+  std::shared_ptr<Tower> image;
+  std::shared_ptr<Tower> text;
+};
+
+std::shared_ptr<Tower> make_image_tower(const ModelConfig& m, int64_t h, int64_t w,
+                                        int64_t num_classes);
+std::shared_ptr<Tower> make_text_tower(const ModelConfig& m, int64_t vocab, int64_t max_tokens,
+                                       int64_t num_classes);
+
+}  // namespace mmfl::engine

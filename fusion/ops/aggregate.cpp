@@ -1,0 +1,82 @@
+#include "fusion/ops/aggregate.h"
+
+#include "mmfl/error.h"
+
+#ifdef MMFL_HAVE_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+namespace mmfl::fusion::ops {
+
+namespace {
+
+void check_args(const torch::Tensor& updates, const torch::Tensor& weights) {
+  MMFL_CHECK(updates.dim() == 2 && updates.size(0) >= 1, "weighted_sum: updates must be [K, n] "
+             "with K >= 1, got shape ", updates.sizes());
+  MMFL_CHECK(weights.dim() == 1 && weights.size(0) == updates.size(0), "weighted_sum: weights "
+             "must be [K] = [", updates.size(0), "], got shape ", weights.sizes());
+  MMFL_CHECK(updates.scalar_type() == torch::kFloat32 && weights.scalar_type() == torch::kFloat32,
+             "weighted_sum: updates and weights must be float32, got ", updates.scalar_type(),
+             " and ", weights.scalar_type());
+  MMFL_CHECK(updates.device() == weights.device(), "weighted_sum: updates on ", updates.device(),
+             " but weights on ", weights.device());
+  MMFL_CHECK(updates.is_cpu() || updates.is_cuda(), "weighted_sum: unsupported device ",
+             updates.device());
+}
+
+}  // namespace
+
+torch::Tensor weighted_sum(const torch::Tensor& updates_in, const torch::Tensor& weights_in,
+                           kernels::Accumulator acc) {
+  check_args(updates_in, weights_in);
+  const auto updates = updates_in.contiguous();
+  const auto weights = weights_in.contiguous();
+  const int64_t k = updates.size(0), n = updates.size(1);
+  auto out = torch::empty({n}, updates.options());
+  if (updates.is_cpu()) {
+    kernels::cpu::weighted_sum(updates.data_ptr<float>(), weights.data_ptr<float>(), k, n,
+                               out.data_ptr<float>(), acc);
+    return out;
+  }
+#ifdef MMFL_HAVE_CUDA
+  const c10::cuda::CUDAGuard guard(updates.device());
+  kernels::cuda::weighted_sum(updates.data_ptr<float>(), weights.data_ptr<float>(), k, n,
+                              out.data_ptr<float>(), acc, c10::cuda::getCurrentCUDAStream().stream());
+  return out;
+#else
+  MMFL_FAIL("weighted_sum: a CUDA tensor was given but mmfl was built without CUDA");
+#endif
+}
+
+FiniteSum weighted_sum_finite(const torch::Tensor& updates_in, const torch::Tensor& weights_in,
+                              kernels::Accumulator acc) {
+  check_args(updates_in, weights_in);
+  const auto updates = updates_in.contiguous();
+  const auto weights = weights_in.contiguous();
+  const int64_t k = updates.size(0), n = updates.size(1);
+  FiniteSum r;
+  r.out = torch::empty({n}, updates.options());
+  auto bad = torch::empty({k}, updates.options().dtype(torch::kUInt8));
+  if (updates.is_cpu()) {
+    r.skipped = kernels::cpu::weighted_sum_finite(updates.data_ptr<float>(),
+                                                  weights.data_ptr<float>(), k, n,
+                                                  r.out.data_ptr<float>(), bad.data_ptr<uint8_t>(),
+                                                  acc);
+    r.bad = bad.to(torch::kBool);
+    return r;
+  }
+#ifdef MMFL_HAVE_CUDA
+  const c10::cuda::CUDAGuard guard(updates.device());
+  kernels::cuda::weighted_sum_finite(updates.data_ptr<float>(), weights.data_ptr<float>(), k, n,
+                                     r.out.data_ptr<float>(), bad.data_ptr<uint8_t>(), acc,
+                                     c10::cuda::getCurrentCUDAStream().stream());
+  r.bad = bad.to(torch::kBool);
+  r.skipped = r.bad.sum().item<int64_t>();  // one sync per aggregation, K bytes
+  return r;
+#else
+  MMFL_FAIL("weighted_sum_finite: a CUDA tensor was given but mmfl was built without CUDA");
+#endif
+}
+
+}  // namespace mmfl::fusion::ops
