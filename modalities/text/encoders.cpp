@@ -7,6 +7,8 @@
 #include <torch/nn/modules/transformer.h>
 #include <torch/nn/modules/transformerlayer.h>
 
+#include <cmath>
+
 #include "mmfl/error.h"
 #include "modalities/text/tokenizer.h"
 
@@ -33,6 +35,15 @@ namespace {
 
 namespace nn = torch::nn;
 
+// Embeddings start at the scale of a linear layer's output (std 1/sqrt(width)) rather than
+// N(0, 1): with unit-scale rows, SGD at the lrs that suit the image towers barely moves them
+// within the few local steps a federated client takes.
+void init_embedding(nn::Embedding& e) {
+  torch::NoGradGuard no_grad;
+  e->weight.normal_(0.0, 1.0 / std::sqrt(double(e->weight.size(1))));
+  e->weight[Tokenizer::kPad].zero_();
+}
+
 // Mean over the non-pad positions: x [B, L, W], mask [B, L] (true = token) -> [B, W].
 torch::Tensor masked_mean(const torch::Tensor& x, const torch::Tensor& mask) {
   auto m = mask.unsqueeze(-1).to(x.dtype());
@@ -44,6 +55,7 @@ class BowEncoder : public Encoder {
   BowEncoder(const TextEncoderConfig& cfg, int64_t vocab) : embed_dim_(cfg.embed_dim) {
     embed_ = register_module(
         "embed", nn::Embedding(nn::EmbeddingOptions(vocab, cfg.width).padding_idx(Tokenizer::kPad)));
+    init_embedding(embed_);
     for (int64_t i = 0; i < cfg.depth; ++i) {
       mlp_->push_back(nn::Linear(cfg.width, cfg.width));
       mlp_->push_back(nn::ReLU());
@@ -52,7 +64,9 @@ class BowEncoder : public Encoder {
     register_module("mlp", mlp_);
   }
   torch::Tensor forward(const torch::Tensor& ids) override {
-    return mlp_->forward(masked_mean(embed_->forward(ids), ids.ne(Tokenizer::kPad)));
+    // Sum, not mean, over the words: a linear model on word counts, whose gradients do not
+    // shrink with caption length (pad rows are zero, so padding adds nothing).
+    return mlp_->forward(embed_->forward(ids).sum(1));
   }
   int64_t embed_dim() const override { return embed_dim_; }
 
@@ -68,6 +82,7 @@ class TransformerEncoder : public Encoder {
       : embed_dim_(cfg.embed_dim) {
     embed_ = register_module(
         "embed", nn::Embedding(nn::EmbeddingOptions(vocab, cfg.width).padding_idx(Tokenizer::kPad)));
+    init_embedding(embed_);
     pos_ = register_parameter("pos", torch::randn({max_len, cfg.width}) * 0.02);
     auto layer = nn::TransformerEncoderLayerOptions(cfg.width, cfg.heads)
                      .dim_feedforward(2 * cfg.width)
