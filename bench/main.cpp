@@ -1,0 +1,332 @@
+// mmfl_bench: the kernels of kernels/ against LibTorch compositions of the same math.
+//   mmfl_bench [--device cpu|cuda|all] [--filter SUBSTR] [--quick] [--json FILE]
+// CPU rows compare the CPU path with LibTorch's CPU ops; CUDA rows (when a GPU is visible) use
+// CUDA events, an L2 flush between repeats and the copy-bandwidth / GEMM ceilings measured here.
+#include <torch/torch.h>
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "bench/harness.h"
+#include "fusion/contrastive.h"
+#include "mmfl/error.h"
+#include "mmfl/kernels/aggregate.h"
+#include "mmfl/kernels/infonce.h"
+
+#ifdef MMFL_HAVE_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+
+#include "mmfl/kernels/cuda_check.h"
+#endif
+
+namespace mmfl::bench {
+namespace {
+
+namespace k = mmfl::kernels;
+
+struct Options {
+  bool cpu = true, cuda = true, quick = false;
+  std::string filter, json;
+};
+
+bool selected(const Options& o, const std::string& name) {
+  return o.filter.empty() || name.find(o.filter) != std::string::npos;
+}
+
+std::string shape_kn(int64_t kk, int64_t n) {
+  return "K=" + std::to_string(kk) + " n=" + std::to_string(n);
+}
+std::string shape_nd(int64_t n, int64_t d) {
+  return "N=" + std::to_string(n) + " D=" + std::to_string(d);
+}
+
+// ---- CPU ----------------------------------------------------------------------------------------
+
+double host_copy_bandwidth() {
+  const size_t bytes = size_t(256) << 20;
+  std::vector<char> a(bytes, 1), b(bytes, 2);
+  const auto t = time_cpu([&] { std::memcpy(b.data(), a.data(), bytes); }, 1, 5);
+  return 2.0 * double(bytes) / (t.median_ms * 1e-3);  // read + write
+}
+
+double cpu_gemm_flops(int64_t n, int64_t d) {
+  const auto a = torch::randn({n, d}), b = torch::randn({d, n});
+  const auto t = time_cpu([&] { torch::matmul(a, b); }, 1, 5, 5.0);
+  return 2.0 * double(n) * double(n) * double(d) / (t.median_ms * 1e-3);
+}
+
+void bench_cpu(const Options& o, Report& rep) {
+  std::printf("# CPU: %d LibTorch threads; the CPU kernels are the single-threaded references\n",
+              torch::get_num_threads());
+  if (selected(o, "aggregate")) {
+    const double bw = host_copy_bandwidth();
+    std::printf("# host copy bandwidth (memcpy 256 MiB, read+write): %.2f GB/s\n", bw / 1e9);
+    const int64_t n = o.quick ? (1 << 18) : (1 << 20);
+    for (int64_t kk : o.quick ? std::vector<int64_t>{50} : std::vector<int64_t>{50, 200, 1000}) {
+      const auto x = torch::randn({kk, n});
+      const auto w = torch::rand({kk}) / double(kk);
+      auto out = torch::empty({n});
+      for (auto acc : {k::Accumulator::kFloat32, k::Accumulator::kFloat64}) {
+        Row r;
+        r.op = acc == k::Accumulator::kFloat32 ? "aggregate_f32acc" : "aggregate_f64acc";
+        r.backend = "cpu";
+        r.shape = shape_kn(kk, n);
+        r.kernel = time_cpu([&] {
+          k::cpu::weighted_sum(x.data_ptr<float>(), w.data_ptr<float>(), kk, n, out.data_ptr<float>(), acc);
+        }, 1, 7);
+        r.baseline = time_cpu([&] { torch::matmul(w.unsqueeze(0), x); }, 1, 7);
+        r.bytes = double(kk + 1) * double(n) * 4;
+        r.ceiling = bw;
+        r.ceiling_name = "host memcpy";
+        rep.add(r);
+      }
+    }
+  }
+  if (selected(o, "infonce")) {
+    const std::vector<int64_t> ns = o.quick ? std::vector<int64_t>{256, 1024}
+                                            : std::vector<int64_t>{1024, 2048, 4096, 8192};
+    for (int64_t d : {256, 512}) {
+      const double gemm = cpu_gemm_flops(2048, d);
+      std::printf("# CPU GEMM ceiling (LibTorch matmul 2048x%lld x %lldx2048): %.2f GFLOP/s\n",
+                  static_cast<long long>(d), static_cast<long long>(d), gemm / 1e9);
+      for (int64_t n : ns) {
+        namespace F = torch::nn::functional;
+        const auto img = F::normalize(torch::randn({n, d}), F::NormalizeFuncOptions().dim(1));
+        const auto txt = F::normalize(torch::randn({n, d}), F::NormalizeFuncOptions().dim(1));
+        const auto tau = torch::full({1}, 0.07f);
+        auto loss = torch::empty({1}), li = torch::empty({n}), lt = torch::empty({n});
+        auto gi = torch::empty({n, d}), gt = torch::empty({n, d}), gtau = torch::empty({1});
+        const auto one = torch::ones({1});
+        Row r;
+        r.op = "infonce_fwd_bwd";
+        r.backend = "cpu";
+        r.shape = shape_nd(n, d);
+        r.kernel = time_cpu([&] {
+          k::cpu::infonce_forward(img.data_ptr<float>(), txt.data_ptr<float>(), n, d, tau.data_ptr<float>(),
+                                  loss.data_ptr<float>(), li.data_ptr<float>(), lt.data_ptr<float>());
+          k::cpu::infonce_backward(img.data_ptr<float>(), txt.data_ptr<float>(), n, d, tau.data_ptr<float>(),
+                                   li.data_ptr<float>(), lt.data_ptr<float>(), one.data_ptr<float>(),
+                                   gi.data_ptr<float>(), gt.data_ptr<float>(), gtau.data_ptr<float>());
+        }, 0, 3, 20.0);
+        r.baseline = time_cpu([&] {
+          auto a = img.clone().requires_grad_(), b = txt.clone().requires_grad_();
+          auto t = tau.clone().requires_grad_();
+          fusion::infonce_composed(a, b, t).backward();
+        }, 1, 3, 20.0);
+        r.flops = 6.0 * double(n) * double(n) * double(d);  // S, dS T, dS^T I: useful FLOPs
+        r.ceiling = gemm;
+        r.ceiling_name = "LibTorch CPU GEMM";
+        r.note = "memory O(N*D) vs the composition's N x N logits (" +
+                 std::to_string(int64_t(double(n) * double(n) * 4 / 1e6)) + " MB each)";
+        rep.add(r);
+      }
+    }
+  }
+}
+
+// ---- CUDA ---------------------------------------------------------------------------------------
+
+#ifdef MMFL_HAVE_CUDA
+double peak_mb(const std::function<void()>& fn) {
+  torch::cuda::synchronize();
+  const int dev = 0;
+  c10::cuda::CUDACachingAllocator::emptyCache();
+  c10::cuda::CUDACachingAllocator::resetPeakStats(dev);
+  const auto before = c10::cuda::CUDACachingAllocator::getDeviceStats(dev)
+                          .allocated_bytes[size_t(c10::CachingAllocator::StatType::AGGREGATE)]
+                          .current;
+  fn();
+  torch::cuda::synchronize();
+  const auto peak = c10::cuda::CUDACachingAllocator::getDeviceStats(dev)
+                        .allocated_bytes[size_t(c10::CachingAllocator::StatType::AGGREGATE)]
+                        .peak;
+  return double(peak - before) / 1e6;
+}
+
+void bench_cuda(const Options& o, Report& rep) {
+  const auto dev = torch::Device(torch::kCUDA, 0);
+  const auto opts = torch::TensorOptions().device(dev);
+  cudaDeviceProp prop{};
+  MMFL_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("# GPU: %s, %d SMs, L2 %d MiB\n", prop.name, prop.multiProcessorCount,
+              prop.l2CacheSize >> 20);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+
+  // Ceiling 1: device-to-device copy bandwidth (read + write).
+  double copy_bw = 0;
+  {
+    const int64_t bytes = int64_t(1) << 30;
+    auto a = torch::empty({bytes}, opts.dtype(torch::kUInt8)), b = torch::empty_like(a);
+    const auto t = time_gpu([&] {
+      MMFL_CUDA_CHECK(cudaMemcpyAsync(b.data_ptr(), a.data_ptr(), size_t(bytes), cudaMemcpyDeviceToDevice, stream));
+    }, 2, 10);
+    copy_bw = 2.0 * double(bytes) / (t.median_ms * 1e-3);
+    std::printf("# device copy bandwidth (1 GiB D2D, read+write): %.1f GB/s\n", copy_bw / 1e9);
+  }
+  if (selected(o, "aggregate")) {
+    const int64_t n = 1 << 20;
+    for (int64_t kk : o.quick ? std::vector<int64_t>{50} : std::vector<int64_t>{50, 200, 1000}) {
+      const auto x = torch::randn({kk, n}, opts);
+      const auto w = torch::rand({kk}, opts) / double(kk);
+      auto out = torch::empty({n}, opts);
+      for (auto acc : {k::Accumulator::kFloat32, k::Accumulator::kFloat64}) {
+        Row r;
+        r.op = acc == k::Accumulator::kFloat32 ? "aggregate_f32acc" : "aggregate_f64acc";
+        r.backend = "cuda";
+        r.shape = shape_kn(kk, n);
+        r.kernel = time_gpu([&] {
+          k::cuda::weighted_sum(x.data_ptr<float>(), w.data_ptr<float>(), kk, n, out.data_ptr<float>(), acc, stream);
+        }, 3, 20);
+        r.baseline = time_gpu([&] { torch::matmul(w.unsqueeze(0), x); }, 3, 20);
+        r.bytes = double(kk + 1) * double(n) * 4;
+        r.ceiling = copy_bw;
+        r.ceiling_name = "D2D copy";
+        rep.add(r);
+      }
+    }
+  }
+  if (selected(o, "infonce")) {
+    const int64_t d = 512;
+    for (int64_t n : o.quick ? std::vector<int64_t>{4096} : std::vector<int64_t>{4096, 8192, 16384, 32768}) {
+      namespace F = torch::nn::functional;
+      const auto img = F::normalize(torch::randn({n, d}, opts), F::NormalizeFuncOptions().dim(1));
+      const auto txt = F::normalize(torch::randn({n, d}, opts), F::NormalizeFuncOptions().dim(1));
+      const auto tau = torch::full({1}, 0.07f, opts);
+      auto loss = torch::empty({1}, opts), li = torch::empty({n}, opts), lt = torch::empty({n}, opts);
+      auto gi = torch::empty({n, d}, opts), gt = torch::empty({n, d}, opts), gtau = torch::empty({1}, opts);
+      const auto one = torch::ones({1}, opts);
+      // Ceiling 2: cuBLAS fp32 GEMM of the same shape (N x D times D x N), through LibTorch.
+      const auto bt = txt.t().contiguous();
+      const auto tg = time_gpu([&] { torch::matmul(img, bt); }, 3, 10);
+      const double gemm = 2.0 * double(n) * double(n) * double(d) / (tg.median_ms * 1e-3);
+      auto fwd = [&] {
+        k::cuda::infonce_forward(img.data_ptr<float>(), txt.data_ptr<float>(), n, d, tau.data_ptr<float>(),
+                                 loss.data_ptr<float>(), li.data_ptr<float>(), lt.data_ptr<float>(), stream);
+      };
+      auto bwd = [&] {
+        k::cuda::infonce_backward(img.data_ptr<float>(), txt.data_ptr<float>(), n, d, tau.data_ptr<float>(),
+                                  li.data_ptr<float>(), lt.data_ptr<float>(), one.data_ptr<float>(),
+                                  gi.data_ptr<float>(), gt.data_ptr<float>(), gtau.data_ptr<float>(), stream);
+      };
+      auto eager = [&] {
+        auto a = img.detach().requires_grad_(), b = txt.detach().requires_grad_();
+        auto t = tau.detach().requires_grad_();
+        fusion::infonce_composed(a, b, t).backward();
+      };
+      const double nnd = double(n) * double(n) * double(d);
+      {
+        Row r;
+        r.op = "infonce_fwd";
+        r.backend = "cuda";
+        r.shape = shape_nd(n, d);
+        r.kernel = time_gpu(fwd, 3, 10);
+        r.flops = 4.0 * nnd;  // two GEMM-shaped passes: rows (I vs T) and columns (T vs I)
+        r.ceiling = gemm;
+        r.ceiling_name = "cuBLAS fp32 GEMM";
+        rep.add(r);
+      }
+      {
+        Row r;
+        r.op = "infonce_bwd";
+        r.backend = "cuda";
+        r.shape = shape_nd(n, d);
+        fwd();
+        r.kernel = time_gpu(bwd, 3, 10);
+        r.flops = 8.0 * nnd;  // two passes, each recomputing S (2 N^2 D) and accumulating (2 N^2 D)
+        r.ceiling = gemm;
+        r.ceiling_name = "cuBLAS fp32 GEMM";
+        rep.add(r);
+      }
+      {
+        Row r;
+        r.op = "infonce_fwd_bwd";
+        r.backend = "cuda";
+        r.shape = shape_nd(n, d);
+        r.kernel = time_gpu([&] { fwd(); bwd(); }, 3, 10);
+        r.baseline = time_gpu(eager, 2, 5);
+        r.flops = 6.0 * nnd;  // useful FLOPs, as the composition spends them
+        r.ceiling = gemm;
+        r.ceiling_name = "cuBLAS fp32 GEMM";
+        r.kernel_peak_mb = peak_mb([&] {
+          auto l2 = torch::empty({1}, opts), a = torch::empty({n}, opts), b = torch::empty({n}, opts);
+          auto g1 = torch::empty({n, d}, opts), g2 = torch::empty({n, d}, opts), g3 = torch::empty({1}, opts);
+          k::cuda::infonce_forward(img.data_ptr<float>(), txt.data_ptr<float>(), n, d, tau.data_ptr<float>(),
+                                   l2.data_ptr<float>(), a.data_ptr<float>(), b.data_ptr<float>(), stream);
+          k::cuda::infonce_backward(img.data_ptr<float>(), txt.data_ptr<float>(), n, d, tau.data_ptr<float>(),
+                                    a.data_ptr<float>(), b.data_ptr<float>(), one.data_ptr<float>(),
+                                    g1.data_ptr<float>(), g2.data_ptr<float>(), g3.data_ptr<float>(), stream);
+        });
+        r.baseline_peak_mb = peak_mb(eager);
+        r.note = "GEMM ceiling " + std::to_string(int64_t(gemm / 1e9)) + " GFLOP/s";
+        rep.add(r);
+      }
+    }
+  }
+}
+#endif
+
+int main_impl(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      MMFL_CHECK(i + 1 < argc, "option ", a, " needs a value");
+      return argv[++i];
+    };
+    if (a == "--device") {
+      const std::string v = value();
+      MMFL_CHECK(v == "cpu" || v == "cuda" || v == "all", "--device ", v, ": allowed cpu, cuda, all");
+      o.cpu = v != "cuda";
+      o.cuda = v != "cpu";
+    } else if (a == "--filter") {
+      o.filter = value();
+    } else if (a == "--json") {
+      o.json = value();
+    } else if (a == "--quick") {
+      o.quick = true;
+    } else if (a == "--help" || a == "-h") {
+      std::printf("usage: mmfl_bench [--device cpu|cuda|all] [--filter SUBSTR] [--quick] [--json FILE]\n");
+      return 0;
+    } else {
+      MMFL_FAIL("unknown option '", a, "'; allowed: --device, --filter, --quick, --json");
+    }
+  }
+  torch::manual_seed(0);
+  Report rep;
+  rep.print_header();
+  if (o.cpu) bench_cpu(o, rep);
+  if (o.cuda) {
+#ifdef MMFL_HAVE_CUDA
+    if (torch::cuda::is_available()) {
+      bench_cuda(o, rep);
+    } else {
+      std::printf("# CUDA rows skipped: no GPU visible\n");
+    }
+#else
+    std::printf("# CUDA rows skipped: built without CUDA\n");
+#endif
+  }
+  if (!o.json.empty()) {
+    std::ofstream(o.json) << rep.json().dump(2) << "\n";
+    std::printf("# JSON written to %s\n", o.json.c_str());
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace mmfl::bench
+
+int main(int argc, char** argv) {
+  try {
+    return mmfl::bench::main_impl(argc, argv);
+  } catch (const mmfl::Error& e) {
+    std::fprintf(stderr, "mmfl_bench: error: %s\n", e.reason().c_str());
+    return 2;
+  }
+}
