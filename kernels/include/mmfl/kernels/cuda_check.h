@@ -7,13 +7,15 @@
 
 // Throws mmfl::Error naming the failed call and CUDA's message when `expr` (a cudaError_t) is not
 // cudaSuccess.
-#define MMFL_CUDA_CHECK(expr)                                                             \
-  do {                                                                                    \
-    const cudaError_t mmfl_cuda_err_ = (expr);                                            \
-    if (mmfl_cuda_err_ != cudaSuccess) {                                                  \
-      MMFL_FAIL(#expr, " failed: ", cudaGetErrorString(mmfl_cuda_err_), " (",             \
-                cudaGetErrorName(mmfl_cuda_err_), ")" MMFL_DETAIL_SIMT_ERROR_SUFFIX_());  \
-    }                                                                                     \
+#define MMFL_CUDA_CHECK(expr)                                                            \
+  do {                                                                                   \
+    const cudaError_t mmfl_cuda_err_ = (expr);                                           \
+    if (mmfl_cuda_err_ != cudaSuccess) {                                                 \
+      /* reset the last error, or the next launch check would report this failure */     \
+      (void)cudaGetLastError();                                                          \
+      MMFL_FAIL(#expr, " failed: ", cudaGetErrorString(mmfl_cuda_err_), " (",            \
+                cudaGetErrorName(mmfl_cuda_err_), ")" MMFL_DETAIL_SIMT_ERROR_SUFFIX_()); \
+    }                                                                                    \
   } while (0)
 
 // The launch check that follows every MMFL_LAUNCH: turns a launch error (bad configuration, too
@@ -21,14 +23,13 @@
 // the launch, so there it also reports the kernel's own failures (a barrier that not all threads
 // reach, an exception), with the emulator's explanation. Variadic so that template arguments with
 // commas need no parentheses.
-#define MMFL_CHECK_LAUNCH(...)                                                           \
-  do {                                                                                   \
-    const cudaError_t mmfl_launch_err_ = cudaGetLastError();                             \
-    if (mmfl_launch_err_ != cudaSuccess) {                                               \
-      MMFL_FAIL("CUDA kernel '", #__VA_ARGS__,                                           \
-                "' failed: ", cudaGetErrorString(mmfl_launch_err_), " (",                \
-                cudaGetErrorName(mmfl_launch_err_), ")" MMFL_DETAIL_SIMT_ERROR_SUFFIX_()); \
-    }                                                                                    \
+#define MMFL_CHECK_LAUNCH(...)                                                                     \
+  do {                                                                                             \
+    const cudaError_t mmfl_launch_err_ = cudaGetLastError();                                       \
+    if (mmfl_launch_err_ != cudaSuccess) {                                                         \
+      MMFL_FAIL("CUDA kernel '", #__VA_ARGS__, "' failed: ", cudaGetErrorString(mmfl_launch_err_), \
+                " (", cudaGetErrorName(mmfl_launch_err_), ")" MMFL_DETAIL_SIMT_ERROR_SUFFIX_());   \
+    }                                                                                              \
   } while (0)
 
 // Under the emulator an error carries an explanation beyond CUDA's error code.
