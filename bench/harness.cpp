@@ -5,8 +5,8 @@
 #include <cstdio>
 
 #ifdef MMFL_HAVE_CUDA
-#include <cuda_runtime.h>
 #include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
 
 #include "mmfl/kernels/cuda_check.h"
 #endif
@@ -20,7 +20,8 @@ Timing summarize(std::vector<double> ms) {
   std::sort(ms.begin(), ms.end());
   t.reps = int(ms.size());
   t.min_ms = ms.front();
-  t.median_ms = ms.size() % 2 ? ms[ms.size() / 2] : 0.5 * (ms[ms.size() / 2 - 1] + ms[ms.size() / 2]);
+  t.median_ms =
+      ms.size() % 2 ? ms[ms.size() / 2] : 0.5 * (ms[ms.size() / 2 - 1] + ms[ms.size() / 2]);
   return t;
 }
 
@@ -40,7 +41,8 @@ std::string rate(const Row& r, const Timing& t) {
 
 Timing time_cpu(const std::function<void()>& fn, int warmup, int reps, double budget_s) {
   using Clock = std::chrono::steady_clock;
-  for (int i = 0; i < warmup; ++i) fn();
+  for (int i = 0; i < warmup; ++i)
+    fn();
   std::vector<double> ms;
   double spent = 0;
   for (int i = 0; i < reps; ++i) {
@@ -66,7 +68,8 @@ Timing time_gpu(const std::function<void()>& fn, int warmup, int reps) {
   cudaEvent_t a, b;
   MMFL_CUDA_CHECK(cudaEventCreate(&a));
   MMFL_CUDA_CHECK(cudaEventCreate(&b));
-  for (int i = 0; i < warmup; ++i) fn();
+  for (int i = 0; i < warmup; ++i)
+    fn();
   std::vector<double> ms;
   for (int i = 0; i < reps; ++i) {
     MMFL_CUDA_CHECK(cudaMemsetAsync(flush, i & 0xff, flush_bytes, s));

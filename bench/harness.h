@@ -28,16 +28,16 @@ Timing time_gpu(const std::function<void()>& fn, int warmup, int reps);
 
 // One result row: what ran, its cost model, and comparisons.
 struct Row {
-  std::string op;        // "aggregate", "infonce_fwd_bwd", ...
-  std::string backend;   // "cpu", "cuda"
-  std::string shape;     // "K=50 n=1048576"
+  std::string op;       // "aggregate", "infonce_fwd_bwd", ...
+  std::string backend;  // "cpu", "cuda"
+  std::string shape;    // "K=50 n=1048576"
   Timing kernel;
-  Timing baseline;       // LibTorch composition of the same math (same device, same run)
-  double flops = 0;      // cost model: useful FLOPs, or
-  double bytes = 0;      //             bytes that must move
-  double ceiling = 0;    // measured ceiling in FLOP/s or B/s (0: none)
+  Timing baseline;     // LibTorch composition of the same math (same device, same run)
+  double flops = 0;    // cost model: useful FLOPs, or
+  double bytes = 0;    //             bytes that must move
+  double ceiling = 0;  // measured ceiling in FLOP/s or B/s (0: none)
   std::string ceiling_name;
-  double kernel_peak_mb = -1;    // peak extra device memory, when measured
+  double kernel_peak_mb = -1;  // peak extra device memory, when measured
   double baseline_peak_mb = -1;
   std::string note;
 };

@@ -77,9 +77,12 @@ void bench_cpu(const Options& o, Report& rep) {
         r.op = acc == k::Accumulator::kFloat32 ? "aggregate_f32acc" : "aggregate_f64acc";
         r.backend = "cpu";
         r.shape = shape_kn(kk, n);
-        r.kernel = time_cpu([&] {
-          k::cpu::weighted_sum(x.data_ptr<float>(), w.data_ptr<float>(), kk, n, out.data_ptr<float>(), acc);
-        }, 1, 7);
+        r.kernel = time_cpu(
+            [&] {
+              k::cpu::weighted_sum(x.data_ptr<float>(), w.data_ptr<float>(), kk, n,
+                                   out.data_ptr<float>(), acc);
+            },
+            1, 7);
         r.baseline = time_cpu([&] { torch::matmul(w.unsqueeze(0), x); }, 1, 7);
         r.bytes = double(kk + 1) * double(n) * 4;
         r.ceiling = bw;
@@ -89,8 +92,8 @@ void bench_cpu(const Options& o, Report& rep) {
     }
   }
   if (selected(o, "infonce")) {
-    const std::vector<int64_t> ns = o.quick ? std::vector<int64_t>{256, 1024}
-                                            : std::vector<int64_t>{1024, 2048, 4096, 8192};
+    const std::vector<int64_t> ns =
+        o.quick ? std::vector<int64_t>{256, 1024} : std::vector<int64_t>{1024, 2048, 4096, 8192};
     for (int64_t d : {256, 512}) {
       const double gemm = cpu_gemm_flops(2048, d);
       std::printf("# CPU GEMM ceiling (LibTorch matmul 2048x%lld x %lldx2048): %.2f GFLOP/s\n",
@@ -107,18 +110,24 @@ void bench_cpu(const Options& o, Report& rep) {
         r.op = "infonce_fwd_bwd";
         r.backend = "cpu";
         r.shape = shape_nd(n, d);
-        r.kernel = time_cpu([&] {
-          k::cpu::infonce_forward(img.data_ptr<float>(), txt.data_ptr<float>(), n, d, tau.data_ptr<float>(),
-                                  loss.data_ptr<float>(), li.data_ptr<float>(), lt.data_ptr<float>());
-          k::cpu::infonce_backward(img.data_ptr<float>(), txt.data_ptr<float>(), n, d, tau.data_ptr<float>(),
-                                   li.data_ptr<float>(), lt.data_ptr<float>(), one.data_ptr<float>(),
-                                   gi.data_ptr<float>(), gt.data_ptr<float>(), gtau.data_ptr<float>());
-        }, 0, 3, 20.0);
-        r.baseline = time_cpu([&] {
-          auto a = img.clone().requires_grad_(), b = txt.clone().requires_grad_();
-          auto t = tau.clone().requires_grad_();
-          fusion::infonce_composed(a, b, t).backward();
-        }, 1, 3, 20.0);
+        r.kernel = time_cpu(
+            [&] {
+              k::cpu::infonce_forward(img.data_ptr<float>(), txt.data_ptr<float>(), n, d,
+                                      tau.data_ptr<float>(), loss.data_ptr<float>(),
+                                      li.data_ptr<float>(), lt.data_ptr<float>());
+              k::cpu::infonce_backward(
+                  img.data_ptr<float>(), txt.data_ptr<float>(), n, d, tau.data_ptr<float>(),
+                  li.data_ptr<float>(), lt.data_ptr<float>(), one.data_ptr<float>(),
+                  gi.data_ptr<float>(), gt.data_ptr<float>(), gtau.data_ptr<float>());
+            },
+            0, 3, 20.0);
+        r.baseline = time_cpu(
+            [&] {
+              auto a = img.clone().requires_grad_(), b = txt.clone().requires_grad_();
+              auto t = tau.clone().requires_grad_();
+              fusion::infonce_composed(a, b, t).backward();
+            },
+            1, 3, 20.0);
         r.flops = 6.0 * double(n) * double(n) * double(d);  // S, dS T, dS^T I: useful FLOPs
         r.ceiling = gemm;
         r.ceiling_name = "LibTorch CPU GEMM";
@@ -163,9 +172,12 @@ void bench_cuda(const Options& o, Report& rep) {
   {
     const int64_t bytes = int64_t(1) << 30;
     auto a = torch::empty({bytes}, opts.dtype(torch::kUInt8)), b = torch::empty_like(a);
-    const auto t = time_gpu([&] {
-      MMFL_CUDA_CHECK(cudaMemcpyAsync(b.data_ptr(), a.data_ptr(), size_t(bytes), cudaMemcpyDeviceToDevice, stream));
-    }, 2, 10);
+    const auto t = time_gpu(
+        [&] {
+          MMFL_CUDA_CHECK(cudaMemcpyAsync(b.data_ptr(), a.data_ptr(), size_t(bytes),
+                                          cudaMemcpyDeviceToDevice, stream));
+        },
+        2, 10);
     copy_bw = 2.0 * double(bytes) / (t.median_ms * 1e-3);
     std::printf("# device copy bandwidth (1 GiB D2D, read+write): %.1f GB/s\n", copy_bw / 1e9);
   }
@@ -180,9 +192,12 @@ void bench_cuda(const Options& o, Report& rep) {
         r.op = acc == k::Accumulator::kFloat32 ? "aggregate_f32acc" : "aggregate_f64acc";
         r.backend = "cuda";
         r.shape = shape_kn(kk, n);
-        r.kernel = time_gpu([&] {
-          k::cuda::weighted_sum(x.data_ptr<float>(), w.data_ptr<float>(), kk, n, out.data_ptr<float>(), acc, stream);
-        }, 3, 20);
+        r.kernel = time_gpu(
+            [&] {
+              k::cuda::weighted_sum(x.data_ptr<float>(), w.data_ptr<float>(), kk, n,
+                                    out.data_ptr<float>(), acc, stream);
+            },
+            3, 20);
         r.baseline = time_gpu([&] { torch::matmul(w.unsqueeze(0), x); }, 3, 20);
         r.bytes = double(kk + 1) * double(n) * 4;
         r.ceiling = copy_bw;
@@ -193,26 +208,31 @@ void bench_cuda(const Options& o, Report& rep) {
   }
   if (selected(o, "infonce")) {
     const int64_t d = 512;
-    for (int64_t n : o.quick ? std::vector<int64_t>{4096} : std::vector<int64_t>{4096, 8192, 16384, 32768}) {
+    for (int64_t n :
+         o.quick ? std::vector<int64_t>{4096} : std::vector<int64_t>{4096, 8192, 16384, 32768}) {
       namespace F = torch::nn::functional;
       const auto img = F::normalize(torch::randn({n, d}, opts), F::NormalizeFuncOptions().dim(1));
       const auto txt = F::normalize(torch::randn({n, d}, opts), F::NormalizeFuncOptions().dim(1));
       const auto tau = torch::full({1}, 0.07f, opts);
-      auto loss = torch::empty({1}, opts), li = torch::empty({n}, opts), lt = torch::empty({n}, opts);
-      auto gi = torch::empty({n, d}, opts), gt = torch::empty({n, d}, opts), gtau = torch::empty({1}, opts);
+      auto loss = torch::empty({1}, opts), li = torch::empty({n}, opts),
+           lt = torch::empty({n}, opts);
+      auto gi = torch::empty({n, d}, opts), gt = torch::empty({n, d}, opts),
+           gtau = torch::empty({1}, opts);
       const auto one = torch::ones({1}, opts);
       // Ceiling 2: cuBLAS fp32 GEMM of the same shape (N x D times D x N), through LibTorch.
       const auto bt = txt.t().contiguous();
       const auto tg = time_gpu([&] { torch::matmul(img, bt); }, 3, 10);
       const double gemm = 2.0 * double(n) * double(n) * double(d) / (tg.median_ms * 1e-3);
       auto fwd = [&] {
-        k::cuda::infonce_forward(img.data_ptr<float>(), txt.data_ptr<float>(), n, d, tau.data_ptr<float>(),
-                                 loss.data_ptr<float>(), li.data_ptr<float>(), lt.data_ptr<float>(), stream);
+        k::cuda::infonce_forward(img.data_ptr<float>(), txt.data_ptr<float>(), n, d,
+                                 tau.data_ptr<float>(), loss.data_ptr<float>(),
+                                 li.data_ptr<float>(), lt.data_ptr<float>(), stream);
       };
       auto bwd = [&] {
-        k::cuda::infonce_backward(img.data_ptr<float>(), txt.data_ptr<float>(), n, d, tau.data_ptr<float>(),
-                                  li.data_ptr<float>(), lt.data_ptr<float>(), one.data_ptr<float>(),
-                                  gi.data_ptr<float>(), gt.data_ptr<float>(), gtau.data_ptr<float>(), stream);
+        k::cuda::infonce_backward(img.data_ptr<float>(), txt.data_ptr<float>(), n, d,
+                                  tau.data_ptr<float>(), li.data_ptr<float>(), lt.data_ptr<float>(),
+                                  one.data_ptr<float>(), gi.data_ptr<float>(), gt.data_ptr<float>(),
+                                  gtau.data_ptr<float>(), stream);
       };
       auto eager = [&] {
         auto a = img.detach().requires_grad_(), b = txt.detach().requires_grad_();
@@ -248,19 +268,28 @@ void bench_cuda(const Options& o, Report& rep) {
         r.op = "infonce_fwd_bwd";
         r.backend = "cuda";
         r.shape = shape_nd(n, d);
-        r.kernel = time_gpu([&] { fwd(); bwd(); }, 3, 10);
+        r.kernel = time_gpu(
+            [&] {
+              fwd();
+              bwd();
+            },
+            3, 10);
         r.baseline = time_gpu(eager, 2, 5);
         r.flops = 6.0 * nnd;  // useful FLOPs, as the composition spends them
         r.ceiling = gemm;
         r.ceiling_name = "cuBLAS fp32 GEMM";
         r.kernel_peak_mb = peak_mb([&] {
-          auto l2 = torch::empty({1}, opts), a = torch::empty({n}, opts), b = torch::empty({n}, opts);
-          auto g1 = torch::empty({n, d}, opts), g2 = torch::empty({n, d}, opts), g3 = torch::empty({1}, opts);
-          k::cuda::infonce_forward(img.data_ptr<float>(), txt.data_ptr<float>(), n, d, tau.data_ptr<float>(),
-                                   l2.data_ptr<float>(), a.data_ptr<float>(), b.data_ptr<float>(), stream);
-          k::cuda::infonce_backward(img.data_ptr<float>(), txt.data_ptr<float>(), n, d, tau.data_ptr<float>(),
-                                    a.data_ptr<float>(), b.data_ptr<float>(), one.data_ptr<float>(),
-                                    g1.data_ptr<float>(), g2.data_ptr<float>(), g3.data_ptr<float>(), stream);
+          auto l2 = torch::empty({1}, opts), a = torch::empty({n}, opts),
+               b = torch::empty({n}, opts);
+          auto g1 = torch::empty({n, d}, opts), g2 = torch::empty({n, d}, opts),
+               g3 = torch::empty({1}, opts);
+          k::cuda::infonce_forward(img.data_ptr<float>(), txt.data_ptr<float>(), n, d,
+                                   tau.data_ptr<float>(), l2.data_ptr<float>(), a.data_ptr<float>(),
+                                   b.data_ptr<float>(), stream);
+          k::cuda::infonce_backward(img.data_ptr<float>(), txt.data_ptr<float>(), n, d,
+                                    tau.data_ptr<float>(), a.data_ptr<float>(), b.data_ptr<float>(),
+                                    one.data_ptr<float>(), g1.data_ptr<float>(),
+                                    g2.data_ptr<float>(), g3.data_ptr<float>(), stream);
         });
         r.baseline_peak_mb = peak_mb(eager);
         r.note = "GEMM ceiling " + std::to_string(int64_t(gemm / 1e9)) + " GFLOP/s";
@@ -281,7 +310,8 @@ int main_impl(int argc, char** argv) {
     };
     if (a == "--device") {
       const std::string v = value();
-      MMFL_CHECK(v == "cpu" || v == "cuda" || v == "all", "--device ", v, ": allowed cpu, cuda, all");
+      MMFL_CHECK(v == "cpu" || v == "cuda" || v == "all", "--device ", v,
+                 ": allowed cpu, cuda, all");
       o.cpu = v != "cuda";
       o.cuda = v != "cpu";
     } else if (a == "--filter") {
@@ -291,7 +321,8 @@ int main_impl(int argc, char** argv) {
     } else if (a == "--quick") {
       o.quick = true;
     } else if (a == "--help" || a == "-h") {
-      std::printf("usage: mmfl_bench [--device cpu|cuda|all] [--filter SUBSTR] [--quick] [--json FILE]\n");
+      std::printf(
+          "usage: mmfl_bench [--device cpu|cuda|all] [--filter SUBSTR] [--quick] [--json FILE]\n");
       return 0;
     } else {
       MMFL_FAIL("unknown option '", a, "'; allowed: --device, --filter, --quick, --json");

@@ -60,7 +60,8 @@ T get(const std::string& s, size_t off) {
 
 std::string fnv1a_hex(const std::string& text) {
   uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : text) h = (h ^ c) * 1099511628211ull;
+  for (unsigned char c : text)
+    h = (h ^ c) * 1099511628211ull;
   char buf[17];
   std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(h));
   return buf;
@@ -108,14 +109,16 @@ Checkpoint load_checkpoint(const std::string& path) {
   MMFL_CHECK(version == kVersion, "checkpoint '", path, "': format version ", version,
              " at byte offset 8, this build reads version ", kVersion);
   const uint32_t stored = get<uint32_t>(bytes, bytes.size() - 4);
-  const uint32_t actual = uint32_t(crc32(0L, reinterpret_cast<const Bytef*>(bytes.data()),
-                                         static_cast<uInt>(bytes.size() - 4)));
+  const uint32_t actual = uint32_t(
+      crc32(0L, reinterpret_cast<const Bytef*>(bytes.data()), static_cast<uInt>(bytes.size() - 4)));
   MMFL_CHECK(stored == actual, "checkpoint '", path, "' is corrupt: CRC-32 mismatch over its ",
              bytes.size() - 4, " bytes (stored ", stored, ", computed ", actual,
              "); resume from an earlier checkpoint or start the run again");
   const auto header_len = get<uint64_t>(bytes, 12);
-  MMFL_CHECK(header_len <= bytes.size() - fixed - 4, "checkpoint '", path, "' is corrupt: header "
-             "length ", header_len, " at byte offset 12 runs past the end of the file");
+  MMFL_CHECK(header_len <= bytes.size() - fixed - 4, "checkpoint '", path,
+             "' is corrupt: header "
+             "length ",
+             header_len, " at byte offset 12 runs past the end of the file");
   nlohmann::json meta;
   try {
     meta = nlohmann::json::parse(bytes.substr(fixed, header_len));
@@ -141,8 +144,8 @@ Checkpoint load_checkpoint(const std::string& path) {
   } catch (const nlohmann::json::exception& e) {
     MMFL_FAIL("checkpoint '", path, "' is corrupt: header misses a field: ", e.what());
   }
-  MMFL_CHECK(off == bytes.size() - 4, "checkpoint '", path, "' is corrupt: ",
-             bytes.size() - 4 - off, " unexplained bytes at byte offset ", off);
+  MMFL_CHECK(off == bytes.size() - 4, "checkpoint '", path,
+             "' is corrupt: ", bytes.size() - 4 - off, " unexplained bytes at byte offset ", off);
   return ck;
 }
 

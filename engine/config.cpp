@@ -33,8 +33,8 @@ class Section {
       try {
         value = v.as<T>();
       } catch (const YAML::Exception&) {
-        MMFL_FAIL("config key '", full(key), "': expected ", type_name<T>(), ", got '",
-                  v.Scalar(), "'");
+        MMFL_FAIL("config key '", full(key), "': expected ", type_name<T>(), ", got '", v.Scalar(),
+                  "'");
       }
     }
     out_[key] = value;
@@ -43,8 +43,8 @@ class Section {
 
   int64_t get_int(const std::string& key, int64_t def, int64_t lo, int64_t hi) {
     const int64_t v = get<int64_t>(key, def);
-    MMFL_CHECK(v >= lo && v <= hi, "config key '", full(key), "' = ", v, " is out of range [",
-               lo, ", ", hi, "]");
+    MMFL_CHECK(v >= lo && v <= hi, "config key '", full(key), "' = ", v, " is out of range [", lo,
+               ", ", hi, "]");
     return v;
   }
   double get_double(const std::string& key, double def, double lo, double hi) {
@@ -69,6 +69,8 @@ class Section {
     return Section(sub, full(key), out_[key]);
   }
 
+  const std::string& path() const { return path_; }
+
   // Every key present must have been asked for.
   void finish() const {
     if (!node_.IsMap()) return;
@@ -85,7 +87,8 @@ class Section {
   std::string full(const std::string& key) const { return path_.empty() ? key : path_ + "." + key; }
   static std::string join(const std::vector<std::string>& v) {
     std::string s;
-    for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + v[i];
+    for (size_t i = 0; i < v.size(); ++i)
+      s += (i ? ", " : "") + v[i];
     return s;
   }
   template <typename T>
@@ -134,7 +137,54 @@ void apply_override(YAML::Node& root, const std::string& assignment) {
   chain.back()[parts.back()] = parsed;
 }
 
+modalities::ImageEncoderConfig parse_image_encoder(Section& parent, const std::string& key,
+                                                   modalities::ImageEncoderConfig def) {
+  Section e = parent.child(key);
+  def.kind = modalities::image_encoder_kind_from(
+      e.get_choice("kind", modalities::to_string(def.kind), {"cnn", "mlp"}));
+  def.width = e.get_int("width", def.width, 1, 65536);
+  def.depth = e.get_int("depth", def.depth, 0, 16);
+  e.finish();
+  return def;
+}
+
+modalities::TextEncoderConfig parse_text_encoder(Section& parent, const std::string& key,
+                                                 modalities::TextEncoderConfig def) {
+  Section e = parent.child(key);
+  def.kind = modalities::text_encoder_kind_from(
+      e.get_choice("kind", modalities::to_string(def.kind), {"bow", "transformer"}));
+  def.width = e.get_int("width", def.width, 1, 65536);
+  def.depth = e.get_int("depth", def.depth, 0, 16);
+  def.heads = e.get_int("heads", def.heads, 1, 256);
+  e.finish();
+  MMFL_CHECK(def.kind != modalities::TextEncoderKind::kTransformer ||
+                 (def.width % def.heads == 0 && def.depth >= 1),
+             "config key '", e.path(), "': a transformer needs depth >= 1 and heads (", def.heads,
+             ") dividing width (", def.width, ")");
+  return def;
+}
+
+bool same(const modalities::ImageEncoderConfig& a, const modalities::ImageEncoderConfig& b) {
+  return a.kind == b.kind && a.width == b.width && a.depth == b.depth;
+}
+bool same(const modalities::TextEncoderConfig& a, const modalities::TextEncoderConfig& b) {
+  return a.kind == b.kind && a.width == b.width && a.depth == b.depth && a.heads == b.heads;
+}
+
 }  // namespace
+
+std::string to_string(StrategyKind s) {
+  switch (s) {
+    case StrategyKind::kFedAvg:
+      return "fedavg";
+    case StrategyKind::kCreamFl:
+      return "creamfl";
+    case StrategyKind::kPublicOnly:
+      return "public_only";
+    default:
+      MMFL_FAIL("unknown StrategyKind ", static_cast<int>(s));
+  }
+}
 
 std::string to_string(DeviceChoice d) {
   switch (d) {
@@ -162,8 +212,8 @@ Config parse_config(const YAML::Node& root, const std::string& origin) {
   Section top(root, "", out);
   Config c;
   c.name = top.get<std::string>("name", c.name);
-  MMFL_CHECK(!c.name.empty() && c.name.find('/') == std::string::npos,
-             "config key 'name' = '", c.name, "' must be non-empty and contain no '/'");
+  MMFL_CHECK(!c.name.empty() && c.name.find('/') == std::string::npos, "config key 'name' = '",
+             c.name, "' must be non-empty and contain no '/'");
   c.seed = top.get<uint64_t>("seed", c.seed);
   c.rounds = top.get_int("rounds", c.rounds, 1, 1000000);
   c.device = device_choice_from(top.get_choice("device", "auto", {"auto", "cpu", "cuda"}));
@@ -191,8 +241,8 @@ Config parse_config(const YAML::Node& root, const std::string& origin) {
       p.mix.paired = m.get_double("paired", p.mix.paired, 0, 1);
       m.finish();
       const double sum = p.mix.image + p.mix.text + p.mix.paired;
-      MMFL_CHECK(std::abs(sum - 1.0) < 1e-6, "config keys 'population.modality_mix.*' sum to ",
-                 sum, "; image + text + paired must be 1");
+      MMFL_CHECK(std::abs(sum - 1.0) < 1e-6, "config keys 'population.modality_mix.*' sum to ", sum,
+                 "; image + text + paired must be 1");
     }
     const std::string part = s.get_choice("partition", "dirichlet", {"iid", "dirichlet"});
     p.partition = part == "iid" ? Partition::kIid : Partition::kDirichlet;
@@ -205,35 +255,51 @@ Config parse_config(const YAML::Node& root, const std::string& origin) {
     Section s = top.child("sampling");
     c.clients_per_round = s.get_int("clients_per_round", c.clients_per_round, 1, 1000000);
     s.finish();
-    MMFL_CHECK(c.clients_per_round <= c.population.clients, "config key "
-               "'sampling.clients_per_round' = ", c.clients_per_round, " exceeds "
-               "'population.clients' = ", c.population.clients);
+    MMFL_CHECK(c.clients_per_round <= c.population.clients,
+               "config key "
+               "'sampling.clients_per_round' = ",
+               c.clients_per_round,
+               " exceeds "
+               "'population.clients' = ",
+               c.population.clients);
   }
   {
     Section s = top.child("model");
     auto& m = c.model;
     m.embed_dim = s.get_int("embed_dim", m.embed_dim, 1, 65536);
-    {
-      Section e = s.child("image_encoder");
-      m.image.kind = modalities::image_encoder_kind_from(e.get_choice("kind", "cnn", {"cnn", "mlp"}));
-      m.image.width = e.get_int("width", m.image.width, 1, 65536);
-      m.image.depth = e.get_int("depth", m.image.depth, 0, 16);
-      m.image.embed_dim = m.embed_dim;
-      e.finish();
+    m.image.embed_dim = m.text.embed_dim = m.embed_dim;
+    m.image = parse_image_encoder(s, "image_encoder", m.image);
+    m.text = parse_text_encoder(s, "text_encoder", m.text);
+    for (int k = 0; k < 3; ++k) {
+      m.kind_image[k] = m.image;
+      m.kind_text[k] = m.text;
     }
     {
-      Section e = s.child("text_encoder");
-      m.text.kind =
-          modalities::text_encoder_kind_from(e.get_choice("kind", "bow", {"bow", "transformer"}));
-      m.text.width = e.get_int("width", m.text.width, 1, 65536);
-      m.text.depth = e.get_int("depth", m.text.depth, 0, 16);
-      m.text.heads = e.get_int("heads", m.text.heads, 1, 256);
-      m.text.embed_dim = m.embed_dim;
-      e.finish();
-      MMFL_CHECK(m.text.kind != modalities::TextEncoderKind::kTransformer ||
-                     (m.text.width % m.text.heads == 0 && m.text.depth >= 1),
-                 "config keys 'model.text_encoder.*': a transformer needs depth >= 1 and heads (",
-                 m.text.heads, ") dividing width (", m.text.width, ")");
+      Section kinds = s.child("kinds");
+      Section img = kinds.child("image");
+      m.kind_image[0] = parse_image_encoder(img, "image_encoder", m.image);
+      img.finish();
+      Section txt = kinds.child("text");
+      m.kind_text[1] = parse_text_encoder(txt, "text_encoder", m.text);
+      txt.finish();
+      Section pair = kinds.child("paired");
+      m.kind_image[2] = parse_image_encoder(pair, "image_encoder", m.image);
+      m.kind_text[2] = parse_text_encoder(pair, "text_encoder", m.text);
+      pair.finish();
+      kinds.finish();
+    }
+    for (int k = 0; k < 3; ++k)
+      m.heterogeneous |= !same(m.kind_image[k], m.image) || !same(m.kind_text[k], m.text);
+    {
+      // The server model defaults to the clients' encoders at twice the width.
+      Section srv = s.child("server");
+      auto wide_img = m.image;
+      wide_img.width *= 2;
+      auto wide_txt = m.text;
+      wide_txt.width *= 2;
+      m.server_image = parse_image_encoder(srv, "image_encoder", wide_img);
+      m.server_text = parse_text_encoder(srv, "text_encoder", wide_txt);
+      srv.finish();
     }
     s.finish();
   }
@@ -241,7 +307,7 @@ Config parse_config(const YAML::Node& root, const std::string& origin) {
     Section s = top.child("train");
     auto& t = c.train;
     t.optimizer = s.get_choice("optimizer", "sgd", {"sgd", "adam"}) == "sgd" ? OptimizerKind::kSgd
-                                                                            : OptimizerKind::kAdam;
+                                                                             : OptimizerKind::kAdam;
     t.lr = s.get_double("lr", t.lr, 1e-9, 100);
     t.momentum = s.get_double("momentum", t.momentum, 0, 0.999);
     t.weight_decay = s.get_double("weight_decay", t.weight_decay, 0, 1);
@@ -253,8 +319,35 @@ Config parse_config(const YAML::Node& root, const std::string& origin) {
   }
   {
     Section s = top.child("strategy");
-    s.get_choice("name", "fedavg", {"fedavg"});
-    c.strategy = StrategyKind::kFedAvg;
+    const std::string name = s.get_choice("name", "fedavg", {"fedavg", "creamfl", "public_only"});
+    c.strategy = name == "fedavg"    ? StrategyKind::kFedAvg
+                 : name == "creamfl" ? StrategyKind::kCreamFl
+                                     : StrategyKind::kPublicOnly;
+    s.finish();
+    MMFL_CHECK(c.strategy != StrategyKind::kFedAvg || !c.model.heterogeneous,
+               "config key 'model.kinds' gives client kinds different encoders, but "
+               "'strategy.name' = 'fedavg' averages weights and needs one architecture per "
+               "modality; use strategy.name: creamfl for heterogeneous clients");
+    MMFL_CHECK(c.strategy == StrategyKind::kFedAvg || c.data.public_size > 0,
+               "config key 'data.public_size' = 0, but strategy '", name,
+               "' trains on the server's public set; give it at least one sample");
+  }
+  {
+    Section s = top.child("creamfl");
+    auto& k = c.creamfl;
+    k.kd_weight = s.get_double("kd_weight", k.kd_weight, 0, 1000);
+    k.interintra_weight = s.get_double("interintra_weight", k.interintra_weight, 0, 1000);
+    k.reg_temperature = s.get_double("reg_temperature", k.reg_temperature, 1e-4, 100);
+    k.ensemble_temperature =
+        s.get_double("ensemble_temperature", k.ensemble_temperature, 1e-4, 100);
+    k.ensemble = s.get_choice("agg_method", "con_w", {"con_w", "mean"}) == "con_w"
+                     ? EnsembleMethod::kContrastive
+                     : EnsembleMethod::kMean;
+    k.renormalize = s.get<bool>("renormalize", k.renormalize);
+    k.server_epochs = s.get_int("server_epochs", k.server_epochs, 0, 1000);
+    k.server_lr = s.get_double("server_lr", k.server_lr, 1e-9, 100);
+    k.public_batch_size = s.get_int("public_batch_size", k.public_batch_size, 2, 1 << 20);
+    k.dump_round = s.get_int("dump_round", k.dump_round, 0, 1000000);
     s.finish();
   }
   {
@@ -281,11 +374,12 @@ Config parse_config_text(const std::string& yaml, const std::vector<std::string>
   try {
     root = YAML::Load(yaml);
   } catch (const YAML::Exception& e) {
-    MMFL_FAIL("config: YAML syntax error at line ", e.mark.line + 1, ", column ",
-              e.mark.column + 1, ": ", e.msg);
+    MMFL_FAIL("config: YAML syntax error at line ", e.mark.line + 1, ", column ", e.mark.column + 1,
+              ": ", e.msg);
   }
   if (!root.IsDefined() || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
-  for (const auto& o : overrides) apply_override(root, o);
+  for (const auto& o : overrides)
+    apply_override(root, o);
   return parse_config(root, "<text>");
 }
 

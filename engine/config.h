@@ -18,7 +18,12 @@ namespace mmfl::engine {
 
 enum class Partition { kIid, kDirichlet };
 enum class OptimizerKind { kSgd, kAdam };
-enum class StrategyKind { kFedAvg };
+enum class StrategyKind {
+  kFedAvg,      // weights, averaged per tower
+  kCreamFl,     // representations of the public set, ensembled and distilled into a server model
+  kPublicOnly,  // the CreamFL server trained on the public set alone (the baseline)
+};
+enum class EnsembleMethod { kContrastive, kMean };
 enum class DeviceChoice { kAuto, kCpu, kCuda };
 
 struct DataConfig {
@@ -48,8 +53,29 @@ struct PopulationConfig {
 
 struct ModelConfig {
   int64_t embed_dim = 64;
-  modalities::ImageEncoderConfig image;
+  modalities::ImageEncoderConfig image;  // clients' encoders unless `kinds` overrides them
   modalities::TextEncoderConfig text;
+  // Per client kind, indexed by ClientKind (image, text, paired): heterogeneous architectures.
+  modalities::ImageEncoderConfig kind_image[3];
+  modalities::TextEncoderConfig kind_text[3];
+  bool heterogeneous = false;  // some kind's encoder differs from the defaults
+  // The server model of CreamFL (larger than the clients').
+  modalities::ImageEncoderConfig server_image;
+  modalities::TextEncoderConfig server_text;
+};
+
+// CreamFL hyperparameters; defaults are the reference implementation's (FLAIR-THU/CreamFL).
+struct CreamFlConfig {
+  double kd_weight = 0.3;             // server distillation: weight of each MSE term
+  double interintra_weight = 0.5;     // client regularizer on the public set
+  double reg_temperature = 0.5;       // temperature of the inter- and intra-modal terms
+  double ensemble_temperature = 1.0;  // temperature of the global-local contrast scores
+  EnsembleMethod ensemble = EnsembleMethod::kContrastive;
+  bool renormalize = false;   // L2-normalize the ensemble before distilling
+  int64_t server_epochs = 1;  // server's own supervised passes over the public set
+  double server_lr = 0.05;
+  int64_t public_batch_size = 128;
+  int64_t dump_round = 0;  // write that round's features and weights as .npy (0: off)
 };
 
 struct TrainConfig {
@@ -74,6 +100,7 @@ struct Config {
   ModelConfig model;
   TrainConfig train;
   StrategyKind strategy = StrategyKind::kFedAvg;
+  CreamFlConfig creamfl;
   int64_t eval_every = 1;
   int64_t eval_batch_size = 1000;
   int64_t checkpoint_every = 5;
@@ -87,6 +114,7 @@ Config parse_config(const YAML::Node& root, const std::string& origin);
 Config parse_config_text(const std::string& yaml, const std::vector<std::string>& overrides = {});
 
 std::string to_string(DeviceChoice d);
+std::string to_string(StrategyKind s);
 DeviceChoice device_choice_from(const std::string& s);  // auto | cpu | cuda
 
 }  // namespace mmfl::engine

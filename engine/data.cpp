@@ -68,7 +68,8 @@ std::vector<mod::ImageAttributes> measure_split(const mod::IdxImages& idx) {
   std::vector<mod::ImageAttributes> a(static_cast<size_t>(idx.count()));
   const int64_t px = idx.rows() * idx.cols();
   for (size_t i = 0; i < a.size(); ++i)
-    a[i] = mod::measure_attributes(idx.images.data.data() + int64_t(i) * px, idx.rows(), idx.cols());
+    a[i] =
+        mod::measure_attributes(idx.images.data.data() + int64_t(i) * px, idx.rows(), idx.cols());
   return a;
 }
 
@@ -101,14 +102,17 @@ FederatedData load_fmnist_captions(const Config& cfg, const torch::Device& devic
   std::shuffle(perm.begin(), perm.end(), rng);
   std::vector<int64_t> pub(perm.begin(), perm.begin() + dc.public_size);
   std::vector<int64_t> pool(perm.begin() + dc.public_size, perm.end());
-  if (dc.train_limit > 0 && dc.train_limit < int64_t(pool.size())) pool.resize(size_t(dc.train_limit));
+  if (dc.train_limit > 0 && dc.train_limit < int64_t(pool.size()))
+    pool.resize(size_t(dc.train_limit));
   std::sort(pub.begin(), pub.end());
   std::sort(pool.begin(), pool.end());
 
   if (vocab_path.empty()) {
     std::vector<std::string> text;
-    for (int64_t r : pool) text.push_back(train.captions[size_t(r)]);
-    for (int64_t r : pub) text.push_back(train.captions[size_t(r)]);
+    for (int64_t r : pool)
+      text.push_back(train.captions[size_t(r)]);
+    for (int64_t r : pub)
+      text.push_back(train.captions[size_t(r)]);
     out.tokenizer = std::make_shared<mod::Tokenizer>(mod::Tokenizer::build(text));
   } else {
     out.tokenizer = std::make_shared<mod::Tokenizer>(mod::Tokenizer::load(vocab_path));
@@ -133,9 +137,11 @@ FederatedData load_fmnist_captions(const Config& cfg, const torch::Device& devic
   std::sort(order.begin(), order.end());
   out.retrieval = torch::tensor(order, torch::kInt64).to(device);
   std::vector<int64_t> keys;
-  for (int64_t i : order) keys.push_back(out.test.keys[size_t(i)]);
+  for (int64_t i : order)
+    keys.push_back(out.test.keys[size_t(i)]);
   const int ks[3] = {1, 5, 10};
-  for (int i = 0; i < 3; ++i) out.oracle_recall[i] = mod::oracle_recall_at(keys, ks[i]);
+  for (int i = 0; i < 3; ++i)
+    out.oracle_recall[i] = mod::oracle_recall_at(keys, ks[i]);
   return out;
 }
 

@@ -24,7 +24,8 @@ void recall_at(const torch::Tensor& sim, double out[3]) {
   const auto diag = sim.diagonal().unsqueeze(1);
   const auto rank = sim.gt(diag).sum(1);
   const int64_t ks[3] = {1, 5, 10};
-  for (int i = 0; i < 3; ++i) out[i] = rank.lt(ks[i]).to(torch::kFloat64).mean().item<double>();
+  for (int i = 0; i < 3; ++i)
+    out[i] = rank.lt(ks[i]).to(torch::kFloat64).mean().item<double>();
 }
 
 EvalResult evaluate(GlobalModel& model, const FederatedData& data, int64_t batch_size) {

@@ -16,26 +16,58 @@ namespace {
 constexpr uint64_t kStreamLocalOrder = 5;
 namespace F = torch::nn::functional;
 
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainConfig& t,
+}  // namespace
+
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainConfig& t, double lr,
                                                         std::vector<torch::Tensor> params) {
   switch (t.optimizer) {
     case OptimizerKind::kSgd:
       return std::make_unique<torch::optim::SGD>(
-          params, torch::optim::SGDOptions(t.lr).momentum(t.momentum).weight_decay(t.weight_decay));
+          params, torch::optim::SGDOptions(lr).momentum(t.momentum).weight_decay(t.weight_decay));
     case OptimizerKind::kAdam:
       return std::make_unique<torch::optim::Adam>(
-          params, torch::optim::AdamOptions(t.lr).weight_decay(t.weight_decay));
+          params, torch::optim::AdamOptions(lr).weight_decay(t.weight_decay));
     default:
       MMFL_FAIL("unknown OptimizerKind ", static_cast<int>(t.optimizer));
   }
 }
-}  // namespace
+
+std::vector<torch::Tensor> shuffled_batches(const std::vector<int64_t>& indices, int64_t batch_size,
+                                            std::mt19937_64& rng, const torch::Device& device) {
+  std::vector<int64_t> order(indices);
+  std::shuffle(order.begin(), order.end(), rng);
+  const auto perm = torch::tensor(order, torch::kInt64).to(device);
+  std::vector<torch::Tensor> out;
+  for (int64_t b = 0; b < perm.size(0); b += batch_size)
+    out.push_back(perm.narrow(0, b, std::min(batch_size, perm.size(0) - b)));
+  return out;
+}
+
+torch::Tensor supervised_loss(GlobalModel& towers, ClientKind kind, const PairedSplit& split,
+                              const torch::Tensor& rows, const TrainConfig& t) {
+  const bool img = holds_image(kind), txt = holds_text(kind);
+  const auto y = split.labels.index_select(0, rows);
+  torch::Tensor loss = torch::zeros({}, split.images.options());
+  torch::Tensor zi, zt;
+  if (img) {
+    zi = towers.image->features(split.images.index_select(0, rows));
+    loss = loss + F::cross_entropy(towers.image->logits(zi), y);
+  }
+  if (txt) {
+    zt = towers.text->features(split.tokens.index_select(0, rows));
+    loss = loss + F::cross_entropy(towers.text->logits(zt), y);
+  }
+  if (img && txt && t.contrastive_weight > 0 && rows.size(0) > 1) {
+    loss = loss + t.contrastive_weight * fusion::clip_loss(zi, zt, t.temperature);
+  }
+  return loss;
+}
 
 SequentialExecutor::SequentialExecutor(const Config& cfg, const FederatedData& data)
     : cfg_(cfg), data_(data) {
   const auto dev = data.pool.images.device();
-  work_.image = make_image_tower(cfg.model, data.height, data.width, data.num_classes);
-  work_.text = make_text_tower(cfg.model, data.tokenizer->size(), cfg.data.max_tokens,
+  work_.image = make_image_tower(cfg.model.image, data.height, data.width, data.num_classes);
+  work_.text = make_text_tower(cfg.model.text, data.tokenizer->size(), cfg.data.max_tokens,
                                data.num_classes);
   work_.image->to(dev);
   work_.text->to(dev);
@@ -45,7 +77,8 @@ std::vector<ClientUpdate> SequentialExecutor::train(const std::vector<const Clie
                                                     const GlobalModel& global, int64_t round) {
   std::vector<ClientUpdate> out;
   out.reserve(cohort.size());
-  for (const ClientSpec* c : cohort) out.push_back(train_client(*c, global, round));
+  for (const ClientSpec* c : cohort)
+    out.push_back(train_client(*c, global, round));
   return out;
 }
 
@@ -60,45 +93,28 @@ ClientUpdate SequentialExecutor::train_client(const ClientSpec& spec, const Glob
   u.num_samples = int64_t(spec.indices.size());
   if (img) {
     work_.image->load_flat(global.image->flat());
-    for (auto& p : work_.image->parameters()) params.push_back(p);
+    for (auto& p : work_.image->parameters())
+      params.push_back(p);
     u.bytes_down += 4 * work_.image->num_params();
   }
   if (txt) {
     work_.text->load_flat(global.text->flat());
-    for (auto& p : work_.text->parameters()) params.push_back(p);
+    for (auto& p : work_.text->parameters())
+      params.push_back(p);
     u.bytes_down += 4 * work_.text->num_params();
   }
   work_.image->train();
   work_.text->train();
-  auto opt = make_optimizer(t, params);
+  auto opt = make_optimizer(t, t.lr, params);
 
   const auto dev = data_.pool.images.device();
-  const auto all = torch::tensor(spec.indices, torch::kInt64);
   auto rng = make_rng(cfg_.seed, kStreamLocalOrder, uint64_t(round), uint64_t(spec.id));
-  std::vector<int64_t> order(spec.indices.size());
   // Summed on the device: one host sync per client, not one per step.
   auto loss_sum = torch::zeros({}, data_.pool.images.options());
   int64_t steps = 0;
   for (int64_t epoch = 0; epoch < t.epochs; ++epoch) {
-    std::iota(order.begin(), order.end(), 0);
-    std::shuffle(order.begin(), order.end(), rng);
-    const auto perm = all.index_select(0, torch::tensor(order, torch::kInt64)).to(dev);
-    for (int64_t b = 0; b < perm.size(0); b += t.batch_size) {
-      const auto rows = perm.narrow(0, b, std::min(t.batch_size, perm.size(0) - b));
-      const auto y = data_.pool.labels.index_select(0, rows);
-      torch::Tensor loss = torch::zeros({}, data_.pool.images.options());
-      torch::Tensor zi, zt;
-      if (img) {
-        zi = work_.image->features(data_.pool.images.index_select(0, rows));
-        loss = loss + F::cross_entropy(work_.image->logits(zi), y);
-      }
-      if (txt) {
-        zt = work_.text->features(data_.pool.tokens.index_select(0, rows));
-        loss = loss + F::cross_entropy(work_.text->logits(zt), y);
-      }
-      if (img && txt && t.contrastive_weight > 0 && rows.size(0) > 1) {
-        loss = loss + t.contrastive_weight * fusion::clip_loss(zi, zt, t.temperature);
-      }
+    for (const auto& rows : shuffled_batches(spec.indices, t.batch_size, rng, dev)) {
+      const auto loss = supervised_loss(work_, spec.kind, data_.pool, rows, t);
       opt->zero_grad();
       loss.backward();
       opt->step();

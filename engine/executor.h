@@ -2,6 +2,7 @@
 // whole cohort at once (stacked weights, many GPUs) without touching the round loop.
 #pragma once
 
+#include <torch/optim/optimizer.h>
 #include <torch/types.h>
 
 #include <memory>
@@ -26,6 +27,19 @@ struct ClientUpdate {
   int64_t bytes_up = 0;
   int64_t bytes_down = 0;
 };
+
+// The supervised loss of one batch of `split` rows for a client of `kind` holding `towers`:
+// cross entropy of each held tower's class head, plus (image and text held) the symmetric
+// InfoNCE of the two towers' features weighted by `t.contrastive_weight`.
+torch::Tensor supervised_loss(GlobalModel& towers, ClientKind kind, const PairedSplit& split,
+                              const torch::Tensor& rows, const TrainConfig& t);
+
+// One epoch's batches of `indices` (rows of a split) in a seeded random order, on `device`.
+std::vector<torch::Tensor> shuffled_batches(const std::vector<int64_t>& indices, int64_t batch_size,
+                                            std::mt19937_64& rng, const torch::Device& device);
+
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainConfig& t, double lr,
+                                                        std::vector<torch::Tensor> params);
 
 class Executor {
  public:

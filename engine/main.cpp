@@ -13,7 +13,9 @@
 
 namespace {
 
-std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+std::string first_line(const std::string& s) {
+  return s.substr(0, s.find('\n'));
+}
 
 int run_cli(int argc, char** argv) {
   using namespace mmfl::engine;
@@ -40,7 +42,8 @@ int run_cli(int argc, char** argv) {
   std::string validate_path;
   std::vector<std::string> validate_overrides;
   validate->add_option("config", validate_path, "experiment config (YAML)")->required();
-  validate->add_option("--set", validate_overrides, "override a config key")->type_name("KEY=VALUE");
+  validate->add_option("--set", validate_overrides, "override a config key")
+      ->type_name("KEY=VALUE");
 
   try {
     app.parse(argc, argv);
@@ -64,7 +67,8 @@ int run_cli(int argc, char** argv) {
   if (!device.empty()) opts.device = device_choice_from(device);
   RunSummary s;
   if (!resume_dir.empty()) {
-    MMFL_CHECK(config_path.empty() && overrides.empty(), "--resume continues the run with its "
+    MMFL_CHECK(config_path.empty() && overrides.empty(),
+               "--resume continues the run with its "
                "own config.yaml; drop the CONFIG argument and --set");
     s = resume_experiment(resume_dir, opts);
   } else {

@@ -3,7 +3,6 @@
 #include <vector>
 
 #include "mmfl/error.h"
-#include "modalities/text/encoders.h"
 
 namespace mmfl::engine {
 
@@ -15,7 +14,8 @@ Tower::Tower(std::shared_ptr<modalities::Encoder> encoder, int64_t num_classes)
 torch::Tensor Tower::flat() const {
   torch::NoGradGuard no_grad;
   std::vector<torch::Tensor> parts;
-  for (const auto& p : parameters()) parts.push_back(p.detach().reshape({-1}));
+  for (const auto& p : parameters())
+    parts.push_back(p.detach().reshape({-1}));
   return torch::cat(parts).to(torch::kFloat32);
 }
 
@@ -33,18 +33,19 @@ void Tower::load_flat(const torch::Tensor& flat) {
 
 int64_t Tower::num_params() const {
   int64_t n = 0;
-  for (const auto& p : parameters()) n += p.numel();
+  for (const auto& p : parameters())
+    n += p.numel();
   return n;
 }
 
-std::shared_ptr<Tower> make_image_tower(const ModelConfig& m, int64_t h, int64_t w,
-                                        int64_t num_classes) {
-  return std::make_shared<Tower>(modalities::make_image_encoder(m.image, h, w), num_classes);
+std::shared_ptr<Tower> make_image_tower(const modalities::ImageEncoderConfig& enc, int64_t h,
+                                        int64_t w, int64_t num_classes) {
+  return std::make_shared<Tower>(modalities::make_image_encoder(enc, h, w), num_classes);
 }
 
-std::shared_ptr<Tower> make_text_tower(const ModelConfig& m, int64_t vocab, int64_t max_tokens,
-                                       int64_t num_classes) {
-  return std::make_shared<Tower>(modalities::make_text_encoder(m.text, vocab, max_tokens),
+std::shared_ptr<Tower> make_text_tower(const modalities::TextEncoderConfig& enc, int64_t vocab,
+                                       int64_t max_tokens, int64_t num_classes) {
+  return std::make_shared<Tower>(modalities::make_text_encoder(enc, vocab, max_tokens),
                                  num_classes);
 }
 

@@ -9,6 +9,7 @@
 
 #include "engine/config.h"
 #include "modalities/image/encoders.h"
+#include "modalities/text/encoders.h"
 
 namespace mmfl::engine {
 
@@ -32,9 +33,9 @@ struct GlobalModel {
   std::shared_ptr<Tower> text;
 };
 
-std::shared_ptr<Tower> make_image_tower(const ModelConfig& m, int64_t h, int64_t w,
-                                        int64_t num_classes);
-std::shared_ptr<Tower> make_text_tower(const ModelConfig& m, int64_t vocab, int64_t max_tokens,
-                                       int64_t num_classes);
+std::shared_ptr<Tower> make_image_tower(const modalities::ImageEncoderConfig& enc, int64_t h,
+                                        int64_t w, int64_t num_classes);
+std::shared_ptr<Tower> make_text_tower(const modalities::TextEncoderConfig& enc, int64_t vocab,
+                                       int64_t max_tokens, int64_t num_classes);
 
 }  // namespace mmfl::engine

@@ -23,9 +23,10 @@ void cut_by_shares(const std::vector<int64_t>& items, const std::vector<double>&
   size_t begin = 0;
   for (size_t c = 0; c < shares.size(); ++c) {
     acc += shares[c];
-    size_t end = c + 1 == shares.size()
-                     ? items.size()
-                     : std::min(items.size(), size_t(std::llround(acc / total * double(items.size()))));
+    size_t end =
+        c + 1 == shares.size()
+            ? items.size()
+            : std::min(items.size(), size_t(std::llround(acc / total * double(items.size()))));
     end = std::max(end, begin);
     parts[c].insert(parts[c].end(), items.begin() + long(begin), items.begin() + long(end));
     begin = end;
@@ -47,8 +48,8 @@ std::string to_string(ClientKind k) {
 }
 
 std::mt19937_64 make_rng(uint64_t seed, uint64_t stream, uint64_t a, uint64_t b) {
-  std::seed_seq seq{uint32_t(seed), uint32_t(seed >> 32), uint32_t(stream), uint32_t(a),
-                    uint32_t(a >> 32),  uint32_t(b),         uint32_t(b >> 32)};
+  std::seed_seq seq{uint32_t(seed),    uint32_t(seed >> 32), uint32_t(stream), uint32_t(a),
+                    uint32_t(a >> 32), uint32_t(b),          uint32_t(b >> 32)};
   return std::mt19937_64(seq);
 }
 
@@ -56,10 +57,12 @@ std::vector<double> client_shares(int64_t clients, double quantity_skew, std::mt
   std::vector<double> s(size_t(clients), 1.0);
   if (quantity_skew > 0) {
     std::normal_distribution<double> normal(0.0, 1.0);
-    for (auto& x : s) x = std::exp(quantity_skew * normal(rng));
+    for (auto& x : s)
+      x = std::exp(quantity_skew * normal(rng));
   }
   const double total = std::accumulate(s.begin(), s.end(), 0.0);
-  for (auto& x : s) x /= total;
+  for (auto& x : s)
+    x /= total;
   return s;
 }
 
@@ -90,24 +93,28 @@ std::vector<std::vector<int64_t>> partition_dirichlet(const std::vector<int64_t>
   for (auto& items : by_class) {
     std::shuffle(items.begin(), items.end(), rng);
     std::vector<double> p(shares.size());
-    for (size_t c = 0; c < p.size(); ++c) p[c] = std::max(gamma(rng), 1e-300) * shares[c];
+    for (size_t c = 0; c < p.size(); ++c)
+      p[c] = std::max(gamma(rng), 1e-300) * shares[c];
     cut_by_shares(items, p, parts);
   }
-  for (auto& p : parts) std::sort(p.begin(), p.end());
+  for (auto& p : parts)
+    std::sort(p.begin(), p.end());
   return parts;
 }
 
 void enforce_min_samples(std::vector<std::vector<int64_t>>& parts, int64_t min_samples,
                          std::mt19937_64& rng) {
   int64_t total = 0;
-  for (auto& p : parts) total += int64_t(p.size());
+  for (auto& p : parts)
+    total += int64_t(p.size());
   MMFL_CHECK(total >= min_samples * int64_t(parts.size()), "the data pool holds ", total,
              " samples, fewer than population.min_samples (", min_samples, ") x ", parts.size(),
              " clients; lower population.min_samples or population.clients");
   for (auto& small : parts) {
     while (int64_t(small.size()) < min_samples) {
-      auto largest = std::max_element(parts.begin(), parts.end(),
-                                      [](const auto& a, const auto& b) { return a.size() < b.size(); });
+      auto largest = std::max_element(parts.begin(), parts.end(), [](const auto& a, const auto& b) {
+        return a.size() < b.size();
+      });
       std::uniform_int_distribution<size_t> pick(0, largest->size() - 1);
       const size_t at = pick(rng);
       small.push_back((*largest)[at]);
@@ -122,16 +129,19 @@ std::vector<ClientKind> assign_kinds(int64_t clients, const ModalityMix& mix,
                           mix.paired * double(clients)};
   int64_t count[3];
   int64_t used = 0;
-  for (int i = 0; i < 3; ++i) used += (count[i] = int64_t(std::floor(want[i])));
+  for (int i = 0; i < 3; ++i)
+    used += (count[i] = int64_t(std::floor(want[i])));
   // Largest remainders get the clients left over by flooring.
   int order[3] = {0, 1, 2};
   std::stable_sort(order, order + 3, [&](int a, int b) {
     return want[a] - double(count[a]) > want[b] - double(count[b]);
   });
-  for (int i = 0; used < clients; i = (i + 1) % 3, ++used) ++count[order[i]];
+  for (int i = 0; used < clients; i = (i + 1) % 3, ++used)
+    ++count[order[i]];
   std::vector<ClientKind> kinds;
   const ClientKind k[3] = {ClientKind::kImage, ClientKind::kText, ClientKind::kPaired};
-  for (int i = 0; i < 3; ++i) kinds.insert(kinds.end(), size_t(count[i]), k[i]);
+  for (int i = 0; i < 3; ++i)
+    kinds.insert(kinds.end(), size_t(count[i]), k[i]);
   std::shuffle(kinds.begin(), kinds.end(), rng);
   return kinds;
 }

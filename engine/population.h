@@ -14,8 +14,12 @@ namespace mmfl::engine {
 
 enum class ClientKind { kImage, kText, kPaired };
 std::string to_string(ClientKind k);
-inline bool holds_image(ClientKind k) { return k != ClientKind::kText; }
-inline bool holds_text(ClientKind k) { return k != ClientKind::kImage; }
+inline bool holds_image(ClientKind k) {
+  return k != ClientKind::kText;
+}
+inline bool holds_text(ClientKind k) {
+  return k != ClientKind::kImage;
+}
 
 struct ClientSpec {
   int64_t id = 0;
@@ -48,8 +52,7 @@ void enforce_min_samples(std::vector<std::vector<int64_t>>& parts, int64_t min_s
                          std::mt19937_64& rng);
 
 // Exact counts by largest remainder of `mix`, in a seeded random order over clients.
-std::vector<ClientKind> assign_kinds(int64_t clients, const ModalityMix& mix,
-                                     std::mt19937_64& rng);
+std::vector<ClientKind> assign_kinds(int64_t clients, const ModalityMix& mix, std::mt19937_64& rng);
 
 std::vector<ClientSpec> make_population(const PopulationConfig& cfg,
                                         const std::vector<int64_t>& pool_labels, int num_classes,

@@ -15,8 +15,6 @@
 
 #include "engine/checkpoint.h"
 #include "engine/data.h"
-#include "engine/executor.h"
-#include "engine/model.h"
 #include "engine/population.h"
 #include "engine/strategy.h"
 #include "mmfl/error.h"
@@ -29,7 +27,9 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 volatile std::sig_atomic_t g_interrupted = 0;
-void on_sigint(int) { g_interrupted = 1; }
+void on_sigint(int) {
+  g_interrupted = 1;
+}
 
 torch::Device pick_device(DeviceChoice choice) {
   switch (choice) {
@@ -40,7 +40,8 @@ torch::Device pick_device(DeviceChoice choice) {
                  "device 'cuda' was asked for but no usable GPU is visible; use --device cpu");
       return torch::Device(torch::kCUDA, 0);
     case DeviceChoice::kAuto:
-      return torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
+      return torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0)
+                                         : torch::Device(torch::kCPU);
     default:
       MMFL_FAIL("unknown DeviceChoice ", static_cast<int>(choice));
   }
@@ -68,7 +69,8 @@ void prune_checkpoints(const fs::path& dir, int64_t keep) {
   for (const auto& e : fs::directory_iterator(dir))
     if (e.path().extension() == ".ckpt") names.push_back(e.path().string());
   std::sort(names.begin(), names.end());
-  for (size_t i = 0; i + size_t(keep) < names.size(); ++i) fs::remove(names[i]);
+  for (size_t i = 0; i + size_t(keep) < names.size(); ++i)
+    fs::remove(names[i]);
 }
 
 std::string fmt(const char* f, double v) {
@@ -99,19 +101,14 @@ class Experiment {
       const auto l = data.pool.labels.cpu();
       std::copy_n(l.data_ptr<int64_t>(), pool_labels.size(), pool_labels.begin());
     }
-    const auto population = make_population(cfg_.population, pool_labels, data.num_classes, cfg_.seed);
+    const auto population =
+        make_population(cfg_.population, pool_labels, data.num_classes, cfg_.seed);
     log("mmfl: " + std::to_string(data.pool.size()) + " client samples, " +
         std::to_string(data.public_set.size()) + " public, " + std::to_string(data.test.size()) +
         " test; " + std::to_string(population.size()) + " clients; vocabulary " +
         std::to_string(data.tokenizer->size()) + " words");
 
-    torch::manual_seed(cfg_.seed);
-    GlobalModel global;
-    global.image = make_image_tower(cfg_.model, data.height, data.width, data.num_classes);
-    global.text = make_text_tower(cfg_.model, data.tokenizer->size(), cfg_.data.max_tokens,
-                                  data.num_classes);
-    global.image->to(device);
-    global.text->to(device);
+    auto strategy = make_strategy(cfg_, data, dir_.string());
 
     int64_t start = 0;
     const auto metrics_path = dir_ / "metrics.jsonl";
@@ -119,13 +116,16 @@ class Experiment {
       const std::string ck_path = latest_checkpoint(dir_ / "checkpoints");
       if (!ck_path.empty()) {
         const auto ck = load_checkpoint(ck_path);
-        MMFL_CHECK(ck.config_hash == config_hash, "checkpoint '", ck_path, "' belongs to another "
-                   "config (hash ", ck.config_hash, ", config.yaml hashes to ", config_hash,
+        MMFL_CHECK(ck.config_hash == config_hash, "checkpoint '", ck_path,
+                   "' belongs to another "
+                   "config (hash ",
+                   ck.config_hash, ", config.yaml hashes to ", config_hash,
                    "); was config.yaml edited?");
-        MMFL_CHECK(ck.tensors.count("image") && ck.tensors.count("text"), "checkpoint '", ck_path,
-                   "' lacks the 'image' or 'text' tower");
-        global.image->load_flat(ck.tensors.at("image"));
-        global.text->load_flat(ck.tensors.at("text"));
+        try {
+          strategy->load(ck);
+        } catch (const Error& e) {
+          MMFL_FAIL("checkpoint '", ck_path, "': ", e.reason());
+        }
         start = ck.round;
         log("mmfl: resuming after round " + std::to_string(start) + " from " + ck_path);
       } else {
@@ -134,8 +134,6 @@ class Experiment {
       truncate_metrics(metrics_path, start);
     }
 
-    SequentialExecutor executor(cfg_, data);
-    FedAvg strategy;
     RunSummary sum;
     sum.run_dir = dir_.string();
     std::copy_n(data.oracle_recall, 3, sum.oracle_recall);
@@ -148,31 +146,25 @@ class Experiment {
     while (round < cfg_.rounds) {
       ++round;
       const auto t0 = Clock::now();
-      const auto ids = sample_clients(int64_t(population.size()), cfg_.clients_per_round, cfg_.seed, round);
+      const auto ids =
+          sample_clients(int64_t(population.size()), cfg_.clients_per_round, cfg_.seed, round);
       std::vector<const ClientSpec*> cohort;
-      for (int64_t id : ids) cohort.push_back(&population[size_t(id)]);
-      const auto updates = executor.train(cohort, global, round);
-      const auto rep = strategy.aggregate(updates, global);
+      for (int64_t id : ids)
+        cohort.push_back(&population[size_t(id)]);
+      const RoundStats st = strategy->run_round(cohort, round);
 
       nlohmann::json m;
       m["round"] = round;
-      double loss = 0;
-      int64_t up = 0, down = 0;
-      for (const auto& u : updates) {
-        loss += u.loss / double(updates.size());
-        up += u.bytes_up;
-        down += u.bytes_down;
-      }
-      m["train_loss"] = loss;
-      m["clients"] = int64_t(updates.size());
-      m["image_clients"] = rep.image_clients;
-      m["text_clients"] = rep.text_clients;
-      m["skipped_clients"] = rep.skipped;
-      m["bytes_up"] = up;
-      m["bytes_down"] = down;
+      m["train_loss"] = st.train_loss;
+      m["clients"] = st.clients;
+      for (const auto& [key, value] : st.extra.items())
+        m[key] = value;
+      m["skipped_clients"] = st.skipped;
+      m["bytes_up"] = st.bytes_up;
+      m["bytes_down"] = st.bytes_down;
       evaluated = round % cfg_.eval_every == 0 || round == cfg_.rounds;
       if (evaluated) {
-        sum.last_eval = evaluate(global, data, cfg_.eval_batch_size);
+        sum.last_eval = strategy->evaluate();
         const auto& e = sum.last_eval;
         m["image_acc"] = e.image_acc;
         m["text_acc"] = e.text_acc;
@@ -185,12 +177,12 @@ class Experiment {
       }
       const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
       m["wall_s"] = wall;
-      m["clients_per_s"] = double(updates.size()) / wall;
+      m["clients_per_s"] = double(st.clients) / wall;
       metrics << m.dump() << '\n';
       metrics.flush();
       MMFL_CHECK(metrics.good(), "failed writing '", metrics_path.string(), "' (disk full?)");
       progress(round, m, evaluated);
-      for (int64_t id : rep.skipped)
+      for (int64_t id : st.skipped)
         log("mmfl: warning: round " + std::to_string(round) + ": client " + std::to_string(id) +
             " sent a non-finite update; it was left out of the average");
 
@@ -199,8 +191,7 @@ class Experiment {
         Checkpoint ck;
         ck.round = round;
         ck.config_hash = config_hash;
-        ck.tensors["image"] = global.image->flat().cpu();
-        ck.tensors["text"] = global.text->flat().cpu();
+        strategy->save(ck);
         save_checkpoint((dir_ / "checkpoints" / ckpt_name(round)).string(), ck);
         prune_checkpoints(dir_ / "checkpoints", cfg_.checkpoint_keep);
       }
@@ -211,11 +202,11 @@ class Experiment {
       }
     }
     std::signal(SIGINT, old_handler);
-    if (!evaluated) sum.last_eval = evaluate(global, data, cfg_.eval_batch_size);
+    if (!evaluated) sum.last_eval = strategy->evaluate();
     sum.rounds_done = round;
     sum.finished = round >= cfg_.rounds;
     sum.wall_s = std::chrono::duration<double>(Clock::now() - t_start).count();
-    write_report(sum, device, global);
+    write_report(sum, device, *strategy);
     return sum;
   }
 
@@ -262,7 +253,8 @@ class Experiment {
     write_file_atomic(path.string(), kept);
   }
 
-  void write_report(const RunSummary& s, const torch::Device& device, GlobalModel& global) const {
+  void write_report(const RunSummary& s, const torch::Device& device,
+                    const Strategy& strategy) const {
     nlohmann::json r;
     r["name"] = cfg_.name;
     r["run_dir"] = s.run_dir;
@@ -271,16 +263,14 @@ class Experiment {
     r["rounds"] = cfg_.rounds;
     r["finished"] = s.finished;
     r["wall_s_this_session"] = s.wall_s;
-    r["strategy"] = "fedavg";
-    r["params"] = {{"image_tower", global.image->num_params()},
-                   {"text_tower", global.text->num_params()}};
+    r["strategy"] = strategy.name();
+    r["model"] = strategy.describe();
     const auto& e = s.last_eval;
-    r["final"] = {{"image_acc", e.image_acc}, {"text_acc", e.text_acc},
-                  {"i2t_r1", e.i2t[0]},       {"i2t_r5", e.i2t[1]},
-                  {"i2t_r10", e.i2t[2]},      {"t2i_r1", e.t2i[0]},
+    r["final"] = {{"image_acc", e.image_acc}, {"text_acc", e.text_acc}, {"i2t_r1", e.i2t[0]},
+                  {"i2t_r5", e.i2t[1]},       {"i2t_r10", e.i2t[2]},    {"t2i_r1", e.t2i[0]},
                   {"t2i_r5", e.t2i[1]},       {"t2i_r10", e.t2i[2]}};
-    r["retrieval_ceiling"] = {{"r1", s.oracle_recall[0]}, {"r5", s.oracle_recall[1]},
-                              {"r10", s.oracle_recall[2]}};
+    r["retrieval_ceiling"] = {
+        {"r1", s.oracle_recall[0]}, {"r5", s.oracle_recall[1]}, {"r10", s.oracle_recall[2]}};
     write_file_atomic((dir_ / "report.json").string(), r.dump(2) + "\n");
   }
 
@@ -302,14 +292,17 @@ RunSummary run_experiment(const Config& cfg, const RunOptions& opts) {
   const fs::path dir = opts.out_dir.empty() ? fs::path("runs") / (cfg.name + "-" + timestamp())
                                             : fs::path(opts.out_dir);
   MMFL_CHECK(!fs::exists(dir / "metrics.jsonl") && !fs::exists(dir / "config.yaml"),
-             "run directory '", dir.string(), "' already holds a run; continue it with "
-             "'mmfl run --resume ", dir.string(), "' or choose another --out");
+             "run directory '", dir.string(),
+             "' already holds a run; continue it with "
+             "'mmfl run --resume ",
+             dir.string(), "' or choose another --out");
   return Experiment(cfg, dir, opts).run(false);
 }
 
 RunSummary resume_experiment(const std::string& run_dir, const RunOptions& opts) {
   const fs::path dir(run_dir);
-  MMFL_CHECK(fs::exists(dir / "config.yaml"), "'", run_dir, "' is not a run directory (no "
+  MMFL_CHECK(fs::exists(dir / "config.yaml"), "'", run_dir,
+             "' is not a run directory (no "
              "config.yaml); start a run with 'mmfl run CONFIG --out DIR'");
   Config cfg = load_config((dir / "config.yaml").string());
   return Experiment(std::move(cfg), dir, opts).run(true);

@@ -15,9 +15,9 @@
 namespace mmfl::engine {
 
 struct RunOptions {
-  std::string out_dir;             // empty: runs/<name>-<YYYYmmdd-HHMMSS>
-  int64_t stop_after = 0;          // stop after this round with a checkpoint; 0 = run to the end
-  bool quiet = false;              // no per-round progress lines
+  std::string out_dir;     // empty: runs/<name>-<YYYYmmdd-HHMMSS>
+  int64_t stop_after = 0;  // stop after this round with a checkpoint; 0 = run to the end
+  bool quiet = false;      // no per-round progress lines
   std::optional<DeviceChoice> device;  // overrides the config's `device`
 };
 

@@ -1,5 +1,6 @@
 #include "engine/strategy.h"
 
+#include "engine/creamfl.h"
 #include "fusion/ops/aggregate.h"
 #include "mmfl/error.h"
 
@@ -22,7 +23,8 @@ int64_t average_tower(const std::vector<ClientUpdate>& updates, torch::Tensor Cl
     total += double(u.num_samples);
   }
   if (rows.empty()) return 0;
-  for (auto& w : weights) w = float(double(w) / total);
+  for (auto& w : weights)
+    w = float(double(w) / total);
   const auto stacked = torch::stack(rows);
   const auto w = torch::tensor(weights, stacked.options());
   const auto r = fusion::ops::weighted_sum_finite(stacked, w);
@@ -44,6 +46,67 @@ AggregateReport FedAvg::aggregate(const std::vector<ClientUpdate>& updates, Glob
   rep.image_clients = average_tower(updates, &ClientUpdate::image, *global.image, rep.skipped);
   rep.text_clients = average_tower(updates, &ClientUpdate::text, *global.text, rep.skipped);
   return rep;
+}
+
+FedAvgStrategy::FedAvgStrategy(const Config& cfg, const FederatedData& data)
+    : cfg_(cfg), data_(data), executor_(cfg, data) {
+  const auto dev = data.pool.images.device();
+  torch::manual_seed(cfg.seed);
+  global_.image = make_image_tower(cfg.model.image, data.height, data.width, data.num_classes);
+  global_.text = make_text_tower(cfg.model.text, data.tokenizer->size(), cfg.data.max_tokens,
+                                 data.num_classes);
+  global_.image->to(dev);
+  global_.text->to(dev);
+}
+
+RoundStats FedAvgStrategy::run_round(const std::vector<const ClientSpec*>& cohort, int64_t round) {
+  const auto updates = executor_.train(cohort, global_, round);
+  const auto rep = FedAvg::aggregate(updates, global_);
+  RoundStats s;
+  s.clients = int64_t(updates.size());
+  for (const auto& u : updates) {
+    s.train_loss += u.loss / double(updates.size());
+    s.bytes_up += u.bytes_up;
+    s.bytes_down += u.bytes_down;
+  }
+  s.skipped = rep.skipped;
+  s.extra["image_clients"] = rep.image_clients;
+  s.extra["text_clients"] = rep.text_clients;
+  return s;
+}
+
+EvalResult FedAvgStrategy::evaluate() {
+  return engine::evaluate(global_, data_, cfg_.eval_batch_size);
+}
+
+void FedAvgStrategy::save(Checkpoint& ck) const {
+  ck.tensors["image"] = global_.image->flat().cpu();
+  ck.tensors["text"] = global_.text->flat().cpu();
+}
+
+void FedAvgStrategy::load(const Checkpoint& ck) {
+  MMFL_CHECK(ck.tensors.count("image") && ck.tensors.count("text"),
+             "checkpoint lacks the 'image' or 'text' tower of a FedAvg run");
+  global_.image->load_flat(ck.tensors.at("image"));
+  global_.text->load_flat(ck.tensors.at("text"));
+}
+
+nlohmann::json FedAvgStrategy::describe() const {
+  return {{"image_tower_params", global_.image->num_params()},
+          {"text_tower_params", global_.text->num_params()}};
+}
+
+std::unique_ptr<Strategy> make_strategy(const Config& cfg, const FederatedData& data,
+                                        const std::string& run_dir) {
+  switch (cfg.strategy) {
+    case StrategyKind::kFedAvg:
+      return std::make_unique<FedAvgStrategy>(cfg, data);
+    case StrategyKind::kCreamFl:
+    case StrategyKind::kPublicOnly:
+      return std::make_unique<CreamFlStrategy>(cfg, data, run_dir);
+    default:
+      MMFL_FAIL("unknown StrategyKind ", static_cast<int>(cfg.strategy));
+  }
 }
 
 }  // namespace mmfl::engine

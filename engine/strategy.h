@@ -1,14 +1,45 @@
-// Server-side aggregation strategies. FedAvg: each tower is the sample-weighted mean of the
-// towers sent by the clients that hold its modality; a tower no sampled client holds is kept.
+// Strategies own a round: what clients receive, how they train, what they send back and how the
+// server combines it. FedAvg (weights) lives here; CreamFL (representations) in creamfl.h.
 #pragma once
 
+#include <nlohmann/json.hpp>
+
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "engine/checkpoint.h"
+#include "engine/data.h"
+#include "engine/evaluate.h"
 #include "engine/executor.h"
 #include "engine/model.h"
 
 namespace mmfl::engine {
+
+struct RoundStats {
+  double train_loss = 0;  // mean over the cohort of the clients' mean training loss
+  int64_t clients = 0;
+  int64_t bytes_up = 0;          // what the clients sent (weights or representations)
+  int64_t bytes_down = 0;        // what the server sent them
+  std::vector<int64_t> skipped;  // client ids whose update was dropped (NaN/Inf)
+  nlohmann::json extra = nlohmann::json::object();  // strategy-specific metrics
+};
+
+class Strategy {
+ public:
+  virtual ~Strategy() = default;
+  virtual std::string name() const = 0;
+  virtual RoundStats run_round(const std::vector<const ClientSpec*>& cohort, int64_t round) = 0;
+  // Evaluates the model the strategy produces (FedAvg: the global towers; CreamFL: the server).
+  virtual EvalResult evaluate() = 0;
+  virtual void save(Checkpoint& ck) const = 0;
+  virtual void load(const Checkpoint& ck) = 0;
+  virtual nlohmann::json describe() const = 0;  // model sizes etc. for report.json
+};
+
+// Builds the strategy `cfg.strategy` names; models are created on the data's device.
+std::unique_ptr<Strategy> make_strategy(const Config& cfg, const FederatedData& data,
+                                        const std::string& run_dir);
 
 struct AggregateReport {
   int64_t image_clients = 0;  // clients whose image tower entered the average
@@ -16,18 +47,28 @@ struct AggregateReport {
   std::vector<int64_t> skipped;  // client ids whose update held NaN/Inf and was dropped
 };
 
-class Strategy {
+// FedAvg's server step: each tower becomes the sample-weighted mean of the towers sent by the
+// clients that hold its modality; a tower that no client sent is kept.
+class FedAvg {
  public:
-  virtual ~Strategy() = default;
-  virtual std::string name() const = 0;
-  virtual AggregateReport aggregate(const std::vector<ClientUpdate>& updates,
-                                    GlobalModel& global) = 0;
+  static AggregateReport aggregate(const std::vector<ClientUpdate>& updates, GlobalModel& global);
 };
 
-class FedAvg : public Strategy {
+class FedAvgStrategy : public Strategy {
  public:
+  FedAvgStrategy(const Config& cfg, const FederatedData& data);
   std::string name() const override { return "fedavg"; }
-  AggregateReport aggregate(const std::vector<ClientUpdate>& updates, GlobalModel& global) override;
+  RoundStats run_round(const std::vector<const ClientSpec*>& cohort, int64_t round) override;
+  EvalResult evaluate() override;
+  void save(Checkpoint& ck) const override;
+  void load(const Checkpoint& ck) override;
+  nlohmann::json describe() const override;
+
+ private:
+  const Config& cfg_;
+  const FederatedData& data_;
+  GlobalModel global_;
+  SequentialExecutor executor_;
 };
 
 }  // namespace mmfl::engine

@@ -12,10 +12,14 @@ namespace mmfl::fusion::ops {
 namespace {
 
 void check_args(const torch::Tensor& updates, const torch::Tensor& weights) {
-  MMFL_CHECK(updates.dim() == 2 && updates.size(0) >= 1, "weighted_sum: updates must be [K, n] "
-             "with K >= 1, got shape ", updates.sizes());
-  MMFL_CHECK(weights.dim() == 1 && weights.size(0) == updates.size(0), "weighted_sum: weights "
-             "must be [K] = [", updates.size(0), "], got shape ", weights.sizes());
+  MMFL_CHECK(updates.dim() == 2 && updates.size(0) >= 1,
+             "weighted_sum: updates must be [K, n] "
+             "with K >= 1, got shape ",
+             updates.sizes());
+  MMFL_CHECK(weights.dim() == 1 && weights.size(0) == updates.size(0),
+             "weighted_sum: weights "
+             "must be [K] = [",
+             updates.size(0), "], got shape ", weights.sizes());
   MMFL_CHECK(updates.scalar_type() == torch::kFloat32 && weights.scalar_type() == torch::kFloat32,
              "weighted_sum: updates and weights must be float32, got ", updates.scalar_type(),
              " and ", weights.scalar_type());
@@ -42,7 +46,8 @@ torch::Tensor weighted_sum(const torch::Tensor& updates_in, const torch::Tensor&
 #ifdef MMFL_HAVE_CUDA
   const c10::cuda::CUDAGuard guard(updates.device());
   kernels::cuda::weighted_sum(updates.data_ptr<float>(), weights.data_ptr<float>(), k, n,
-                              out.data_ptr<float>(), acc, c10::cuda::getCurrentCUDAStream().stream());
+                              out.data_ptr<float>(), acc,
+                              c10::cuda::getCurrentCUDAStream().stream());
   return out;
 #else
   MMFL_FAIL("weighted_sum: a CUDA tensor was given but mmfl was built without CUDA");
@@ -59,10 +64,9 @@ FiniteSum weighted_sum_finite(const torch::Tensor& updates_in, const torch::Tens
   r.out = torch::empty({n}, updates.options());
   auto bad = torch::empty({k}, updates.options().dtype(torch::kUInt8));
   if (updates.is_cpu()) {
-    r.skipped = kernels::cpu::weighted_sum_finite(updates.data_ptr<float>(),
-                                                  weights.data_ptr<float>(), k, n,
-                                                  r.out.data_ptr<float>(), bad.data_ptr<uint8_t>(),
-                                                  acc);
+    r.skipped =
+        kernels::cpu::weighted_sum_finite(updates.data_ptr<float>(), weights.data_ptr<float>(), k,
+                                          n, r.out.data_ptr<float>(), bad.data_ptr<uint8_t>(), acc);
     r.bad = bad.to(torch::kBool);
     return r;
   }

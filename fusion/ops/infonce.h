@@ -7,8 +7,8 @@
 namespace mmfl::fusion::ops {
 
 // 0.5 * (mean_i CE(S[i, :], i) + mean_j CE(S[:, j], j)) with S = img txt^T / tau.
-torch::Tensor infonce(const torch::Tensor& img,  // [N, D] fp32
-                      const torch::Tensor& txt,  // [N, D] fp32, same device
+torch::Tensor infonce(const torch::Tensor& img,   // [N, D] fp32
+                      const torch::Tensor& txt,   // [N, D] fp32, same device
                       const torch::Tensor& tau);  // [] or [1] fp32, same device
 
 }  // namespace mmfl::fusion::ops

@@ -13,7 +13,8 @@ namespace mmfl::modalities {
 
 int64_t IdxArray::size() const {
   int64_t n = 1;
-  for (int64_t d : dims) n *= d;
+  for (int64_t d : dims)
+    n *= d;
   return n;
 }
 

@@ -182,9 +182,11 @@ const std::array<const char*, CaptionModel::kNumClasses>& CaptionModel::class_na
 double oracle_recall_at(const std::vector<int64_t>& keys, int k) {
   MMFL_CHECK(!keys.empty() && k >= 1, "oracle recall needs a non-empty set and K >= 1");
   std::unordered_map<int64_t, int64_t> count;
-  for (int64_t key : keys) ++count[key];
+  for (int64_t key : keys)
+    ++count[key];
   double total = 0;
-  for (int64_t key : keys) total += std::min(1.0, double(k) / double(count[key]));
+  for (int64_t key : keys)
+    total += std::min(1.0, double(k) / double(count[key]));
   return total / double(keys.size());
 }
 

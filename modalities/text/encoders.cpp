@@ -54,7 +54,8 @@ class BowEncoder : public Encoder {
  public:
   BowEncoder(const TextEncoderConfig& cfg, int64_t vocab) : embed_dim_(cfg.embed_dim) {
     embed_ = register_module(
-        "embed", nn::Embedding(nn::EmbeddingOptions(vocab, cfg.width).padding_idx(Tokenizer::kPad)));
+        "embed",
+        nn::Embedding(nn::EmbeddingOptions(vocab, cfg.width).padding_idx(Tokenizer::kPad)));
     init_embedding(embed_);
     for (int64_t i = 0; i < cfg.depth; ++i) {
       mlp_->push_back(nn::Linear(cfg.width, cfg.width));
@@ -81,14 +82,15 @@ class TransformerEncoder : public Encoder {
   TransformerEncoder(const TextEncoderConfig& cfg, int64_t vocab, int64_t max_len)
       : embed_dim_(cfg.embed_dim) {
     embed_ = register_module(
-        "embed", nn::Embedding(nn::EmbeddingOptions(vocab, cfg.width).padding_idx(Tokenizer::kPad)));
+        "embed",
+        nn::Embedding(nn::EmbeddingOptions(vocab, cfg.width).padding_idx(Tokenizer::kPad)));
     init_embedding(embed_);
     pos_ = register_parameter("pos", torch::randn({max_len, cfg.width}) * 0.02);
     auto layer = nn::TransformerEncoderLayerOptions(cfg.width, cfg.heads)
                      .dim_feedforward(2 * cfg.width)
                      .dropout(0.0);  // no dropout: keeps CPU runs exactly reproducible
-    layers_ = register_module("layers",
-                              nn::TransformerEncoder(nn::TransformerEncoderOptions(layer, cfg.depth)));
+    layers_ = register_module(
+        "layers", nn::TransformerEncoder(nn::TransformerEncoderOptions(layer, cfg.depth)));
     out_ = register_module("out", nn::Linear(cfg.width, cfg.embed_dim));
   }
   torch::Tensor forward(const torch::Tensor& ids) override {

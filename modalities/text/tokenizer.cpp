@@ -10,7 +10,8 @@
 namespace mmfl::modalities {
 
 Tokenizer::Tokenizer(std::vector<std::string> tokens) : tokens_(std::move(tokens)) {
-  for (size_t i = 0; i < tokens_.size(); ++i) ids_.emplace(tokens_[i], int64_t(i));
+  for (size_t i = 0; i < tokens_.size(); ++i)
+    ids_.emplace(tokens_[i], int64_t(i));
 }
 
 std::vector<std::string> Tokenizer::split(const std::string& text) {
@@ -32,7 +33,8 @@ std::vector<std::string> Tokenizer::split(const std::string& text) {
 Tokenizer Tokenizer::build(const std::vector<std::string>& texts, int64_t min_count) {
   std::map<std::string, int64_t> counts;
   for (const auto& t : texts)
-    for (auto& w : split(t)) ++counts[w];
+    for (auto& w : split(t))
+      ++counts[w];
   std::vector<std::pair<std::string, int64_t>> items(counts.begin(), counts.end());
   std::stable_sort(items.begin(), items.end(),
                    [](const auto& a, const auto& b) { return a.second > b.second; });
@@ -46,7 +48,8 @@ Tokenizer Tokenizer::load(const std::string& path) {
   std::ifstream in(path);
   MMFL_CHECK(in.good(), "cannot open vocabulary '", path, "'");
   std::vector<std::string> tokens;
-  for (std::string line; std::getline(in, line);) tokens.push_back(line);
+  for (std::string line; std::getline(in, line);)
+    tokens.push_back(line);
   MMFL_CHECK(tokens.size() >= 2 && tokens[0] == "<pad>" && tokens[1] == "<unk>", "vocabulary '",
              path, "' must start with the lines <pad> and <unk>");
   return Tokenizer(std::move(tokens));
@@ -55,7 +58,8 @@ Tokenizer Tokenizer::load(const std::string& path) {
 void Tokenizer::save(const std::string& path) const {
   std::ofstream out(path);
   MMFL_CHECK(out.good(), "cannot write vocabulary '", path, "'");
-  for (const auto& t : tokens_) out << t << '\n';
+  for (const auto& t : tokens_)
+    out << t << '\n';
   MMFL_CHECK(out.good(), "failed writing vocabulary '", path, "'");
 }
 

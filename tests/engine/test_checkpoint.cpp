@@ -16,7 +16,8 @@ class CheckpointTest : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = fs::temp_directory_path() /
-           ("mmfl_ckpt_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
+           ("mmfl_ckpt_" +
+            std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
     fs::remove_all(dir_);
     fs::create_directories(dir_);
     ck_.round = 4;

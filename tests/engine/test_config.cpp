@@ -44,7 +44,8 @@ TEST(Config, WrongTypeNamesPathAndValue) {
 }
 
 TEST(Config, OutOfRangeNamesPathAndValue) {
-  EXPECT_EQ(error_of("train:\n  lr: -1\n"), "config key 'train.lr' = -1 is out of range [1e-09, 100]");
+  EXPECT_EQ(error_of("train:\n  lr: -1\n"),
+            "config key 'train.lr' = -1 is out of range [1e-09, 100]");
   const auto mix = error_of("population:\n  modality_mix: {image: 0.5, text: 0.5, paired: 0.5}\n");
   EXPECT_NE(mix.find("sum to 1.5"), std::string::npos) << mix;
   const auto choice = error_of("device: tpu\n");
@@ -54,7 +55,8 @@ TEST(Config, OutOfRangeNamesPathAndValue) {
 }
 
 TEST(Config, OverridesApplyAndAreValidated) {
-  const auto c = parse_config_text("train: {lr: 0.1}\n", {"train.lr=0.5", "model.image_encoder.kind=mlp"});
+  const auto c =
+      parse_config_text("train: {lr: 0.1}\n", {"train.lr=0.5", "model.image_encoder.kind=mlp"});
   EXPECT_DOUBLE_EQ(c.train.lr, 0.5);
   EXPECT_EQ(c.model.image.kind, modalities::ImageEncoderKind::kMlp);
   EXPECT_NE(error_of("{}", {"train.nope=1"}).find("unknown config key 'train.nope'"),

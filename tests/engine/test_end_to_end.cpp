@@ -47,7 +47,8 @@ class EndToEnd : public ::testing::Test {
       GTEST_SKIP() << "FashionMNIST not found in " << data_root()
                    << " (install dataset-fashion-mnist or set MMFL_DATA_ROOT)";
     base_ = fs::temp_directory_path() /
-            ("mmfl_e2e_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
+            ("mmfl_e2e_" +
+             std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
     fs::remove_all(base_);
   }
   void TearDown() override { fs::remove_all(base_); }
@@ -100,7 +101,8 @@ TEST_F(EndToEnd, StopAndResumeMatchesUninterrupted) {
   const auto a = metrics((base_ / "full").string()), b = metrics(o.out_dir);
   ASSERT_EQ(a.size(), 4u);
   ASSERT_EQ(b.size(), 4u);
-  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i], b[i]) << "round " << i + 1;
+  for (size_t i = 0; i < a.size(); ++i)
+    EXPECT_EQ(a[i], b[i]) << "round " << i + 1;
 }
 
 TEST_F(EndToEnd, CorruptCheckpointIsRefused) {
@@ -125,7 +127,8 @@ TEST_F(EndToEnd, CliExitsWithTwoAndOneLineOnBadInput) {
   const auto cfg = (base_ / "bad.yaml").string();
   std::ofstream(cfg) << "train:\n  lr: fast\n";
   const auto err = (base_ / "err.txt").string();
-  const int rc = std::system((std::string(MMFL_BINARY) + " validate " + cfg + " 2> " + err).c_str());
+  const int rc =
+      std::system((std::string(MMFL_BINARY) + " validate " + cfg + " 2> " + err).c_str());
   ASSERT_TRUE(WIFEXITED(rc));
   EXPECT_EQ(WEXITSTATUS(rc), 2);
   std::ifstream in(err);
@@ -133,8 +136,9 @@ TEST_F(EndToEnd, CliExitsWithTwoAndOneLineOnBadInput) {
   std::getline(in, line);
   EXPECT_EQ(line, "mmfl: error: " + cfg + ": config key 'train.lr': expected a number, got 'fast'");
   EXPECT_FALSE(std::getline(in, rest)) << "more than one line: " << rest;
-  const int rc2 = std::system((std::string(MMFL_BINARY) + " run --resume " + (base_ / "nope").string() +
-                               " 2> " + err).c_str());
+  const int rc2 = std::system(
+      (std::string(MMFL_BINARY) + " run --resume " + (base_ / "nope").string() + " 2> " + err)
+          .c_str());
   EXPECT_EQ(WEXITSTATUS(rc2), 2);
 }
 

@@ -16,7 +16,8 @@ TEST(Recall, HandComputed) {
   EXPECT_DOUBLE_EQ(r[1], 1.0);
   EXPECT_DOUBLE_EQ(r[2], 1.0);
   std::vector<float> big(400 * 400, 0.f);
-  for (int i = 0; i < 400; ++i) big[size_t(i * 400 + (i + 7) % 400)] = 1.f;  // one item beats each match
+  for (int i = 0; i < 400; ++i)
+    big[size_t(i * 400 + (i + 7) % 400)] = 1.f;  // one item beats each match
   recall_at(torch::tensor(big).reshape({400, 400}), r);
   EXPECT_DOUBLE_EQ(r[0], 0.0);
   EXPECT_DOUBLE_EQ(r[1], 1.0);

@@ -7,14 +7,13 @@ namespace mmfl::engine {
 namespace {
 
 GlobalModel tiny_model() {
-  ModelConfig m;
-  m.embed_dim = 3;
-  m.image = {modalities::ImageEncoderKind::kMlp, 4, 1, 3};
-  m.text = {modalities::TextEncoderKind::kBow, 4, 0, 1, 3};
-  return GlobalModel{make_image_tower(m, 2, 2, 2), make_text_tower(m, 6, 4, 2)};
+  const modalities::ImageEncoderConfig img{modalities::ImageEncoderKind::kMlp, 4, 1, 3};
+  const modalities::TextEncoderConfig txt{modalities::TextEncoderKind::kBow, 4, 0, 1, 3};
+  return GlobalModel{make_image_tower(img, 2, 2, 2), make_text_tower(txt, 6, 4, 2)};
 }
 
-ClientUpdate update(int64_t id, ClientKind kind, int64_t samples, torch::Tensor img, torch::Tensor txt) {
+ClientUpdate update(int64_t id, ClientKind kind, int64_t samples, torch::Tensor img,
+                    torch::Tensor txt) {
   ClientUpdate u;
   u.client_id = id;
   u.kind = kind;

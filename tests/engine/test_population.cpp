@@ -12,7 +12,8 @@ namespace {
 
 std::vector<int64_t> labels_for(int64_t n, int classes) {
   std::vector<int64_t> l(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) l[size_t(i)] = i % classes;
+  for (int64_t i = 0; i < n; ++i)
+    l[size_t(i)] = i % classes;
   return l;
 }
 
@@ -24,7 +25,8 @@ void expect_exact_cover(const std::vector<std::vector<int64_t>>& parts, int64_t 
       ASSERT_LT(i, n);
       ++seen[size_t(i)];
     }
-  for (int64_t i = 0; i < n; ++i) ASSERT_EQ(seen[size_t(i)], 1) << "sample " << i;
+  for (int64_t i = 0; i < n; ++i)
+    ASSERT_EQ(seen[size_t(i)], 1) << "sample " << i;
 }
 
 // Mean over clients of the number of classes holding >= 5% of the client's samples.
@@ -33,8 +35,10 @@ double mean_classes_per_client(const std::vector<std::vector<int64_t>>& parts,
   double total = 0;
   for (const auto& p : parts) {
     std::vector<int> count(10, 0);
-    for (int64_t i : p) ++count[size_t(labels[size_t(i)])];
-    for (int c : count) total += c >= 0.05 * double(p.size()) && c > 0;
+    for (int64_t i : p)
+      ++count[size_t(labels[size_t(i)])];
+    for (int c : count)
+      total += c >= 0.05 * double(p.size()) && c > 0;
   }
   return total / double(parts.size());
 }
@@ -50,7 +54,8 @@ TEST(Partition, EverySampleAssignedExactlyOnce) {
       auto d = partition_dirichlet(labels, 10, alpha, shares, rng);
       enforce_min_samples(d, 10, rng);
       expect_exact_cover(d, 5003);
-      for (const auto& p : d) EXPECT_GE(p.size(), 10u);
+      for (const auto& p : d)
+        EXPECT_GE(p.size(), 10u);
     }
   }
 }
@@ -59,9 +64,12 @@ TEST(Partition, DirichletAlphaControlsLabelSkew) {
   const auto labels = labels_for(20000, 10);
   auto rng = make_rng(11, 0);
   const auto shares = client_shares(50, 0.0, rng);
-  const double skewed = mean_classes_per_client(partition_dirichlet(labels, 10, 0.05, shares, rng), labels);
-  const double mild = mean_classes_per_client(partition_dirichlet(labels, 10, 1.0, shares, rng), labels);
-  const double flat = mean_classes_per_client(partition_dirichlet(labels, 10, 1000.0, shares, rng), labels);
+  const double skewed =
+      mean_classes_per_client(partition_dirichlet(labels, 10, 0.05, shares, rng), labels);
+  const double mild =
+      mean_classes_per_client(partition_dirichlet(labels, 10, 1.0, shares, rng), labels);
+  const double flat =
+      mean_classes_per_client(partition_dirichlet(labels, 10, 1000.0, shares, rng), labels);
   EXPECT_LT(skewed, 3.0);  // alpha -> 0: about one class per client
   EXPECT_GT(mild, skewed + 1.0);
   EXPECT_GT(flat, 9.5);  // alpha -> inf: every client sees every class evenly
@@ -73,7 +81,8 @@ TEST(Partition, QuantitySkewSpreadsSizes) {
   const auto skew = partition_iid(10000, client_shares(20, 1.5, rng), rng);
   auto spread = [](const std::vector<std::vector<int64_t>>& p) {
     size_t lo = SIZE_MAX, hi = 0;
-    for (const auto& x : p) lo = std::min(lo, x.size()), hi = std::max(hi, x.size());
+    for (const auto& x : p)
+      lo = std::min(lo, x.size()), hi = std::max(hi, x.size());
     return double(hi) / double(std::max<size_t>(lo, 1));
   };
   EXPECT_LE(spread(even), 1.01);
@@ -120,8 +129,10 @@ TEST(Sampling, DistinctSortedAndSeeded) {
   // Uniform: over many rounds every client is picked about k/n of the time.
   std::vector<int> hits(100, 0);
   for (int r = 0; r < 2000; ++r)
-    for (int64_t id : sample_clients(100, 10, 1, r)) ++hits[size_t(id)];
-  for (int h : hits) EXPECT_NEAR(h, 200, 60);
+    for (int64_t id : sample_clients(100, 10, 1, r))
+      ++hits[size_t(id)];
+  for (int h : hits)
+    EXPECT_NEAR(h, 200, 60);
 }
 
 }  // namespace

@@ -11,7 +11,11 @@ namespace {
 
 void compare(int64_t n, int64_t d, double tau_value) {
   torch::manual_seed(::testing::UnitTest::GetInstance()->random_seed() + n * 31 + d);
-  auto mk = [&] { return torch::nn::functional::normalize(torch::randn({n, d}), torch::nn::functional::NormalizeFuncOptions().dim(1)).requires_grad_(); };
+  auto mk = [&] {
+    return torch::nn::functional::normalize(torch::randn({n, d}),
+                                            torch::nn::functional::NormalizeFuncOptions().dim(1))
+        .requires_grad_();
+  };
   auto i1 = mk(), t1 = mk();
   auto i2 = i1.detach().clone().requires_grad_(), t2 = t1.detach().clone().requires_grad_();
   auto tau1 = torch::full({1}, tau_value).requires_grad_();
@@ -20,17 +24,21 @@ void compare(int64_t n, int64_t d, double tau_value) {
   const auto ref = infonce_composed(i2, t2, tau2);
   // fp32 throughout: per-element atol + rtol * |ref|.
   const double atol = 1e-5, rtol = 1e-4;
-  EXPECT_TRUE(torch::allclose(fused, ref, rtol, atol)) << fused.item<float>() << " vs " << ref.item<float>();
+  EXPECT_TRUE(torch::allclose(fused, ref, rtol, atol))
+      << fused.item<float>() << " vs " << ref.item<float>();
   (fused * 1.5).backward();
   (ref * 1.5).backward();
-  EXPECT_TRUE(torch::allclose(i1.grad(), i2.grad(), rtol, atol)) << "grad img, n " << n << " d " << d;
-  EXPECT_TRUE(torch::allclose(t1.grad(), t2.grad(), rtol, atol)) << "grad txt, n " << n << " d " << d;
+  EXPECT_TRUE(torch::allclose(i1.grad(), i2.grad(), rtol, atol))
+      << "grad img, n " << n << " d " << d;
+  EXPECT_TRUE(torch::allclose(t1.grad(), t2.grad(), rtol, atol))
+      << "grad txt, n " << n << " d " << d;
   EXPECT_TRUE(torch::allclose(tau1.grad(), tau2.grad(), 1e-3, 1e-4))
       << tau1.grad().item<float>() << " vs " << tau2.grad().item<float>();
 }
 
 TEST(InfoNceOp, MatchesComposition) {
-  for (auto [n, d] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {2, 3}, {7, 16}, {65, 33}, {130, 64}})
+  for (auto [n, d] :
+       std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {2, 3}, {7, 16}, {65, 33}, {130, 64}})
     compare(n, d, 0.1);
   compare(33, 8, 0.01);  // large logits: the online log-sum-exp must stay stable
 }
@@ -45,8 +53,8 @@ TEST(InfoNceOp, ClipLossImplsAgree) {
 TEST(InfoNceOp, BadShapesAreRefused) {
   EXPECT_THROW(ops::infonce(torch::randn({4, 3}), torch::randn({4, 2}), torch::ones({1})), Error);
   EXPECT_THROW(ops::infonce(torch::randn({4, 3}), torch::randn({4, 3}), torch::ones({2})), Error);
-  EXPECT_THROW(ops::infonce(torch::randn({4, 3}, torch::kFloat64), torch::randn({4, 3}, torch::kFloat64),
-                            torch::ones({1})),
+  EXPECT_THROW(ops::infonce(torch::randn({4, 3}, torch::kFloat64),
+                            torch::randn({4, 3}, torch::kFloat64), torch::ones({1})),
                Error);
 }
 

@@ -12,7 +12,8 @@ namespace {
 std::vector<uint8_t> rect(int r0, int r1, int c0, int c1, uint8_t v) {
   std::vector<uint8_t> px(28 * 28, 0);
   for (int r = r0; r < r1; ++r)
-    for (int c = c0; c < c1; ++c) px[size_t(r * 28 + c)] = v;
+    for (int c = c0; c < c1; ++c)
+      px[size_t(r * 28 + c)] = v;
   return px;
 }
 
@@ -28,7 +29,8 @@ TEST(Captions, AttributesFollowThePixels) {
   EXPECT_NEAR(wide.asymmetry, 0.0, 1e-6);  // a rectangle is its own mirror image
   EXPECT_NEAR(wide.texture, 0.0, 1e-6);    // one intensity: no texture
   auto lopsided = rect(10, 14, 2, 26, 200);
-  for (int r = 10; r < 14; ++r) lopsided[size_t(r * 28 + 3)] = 30;
+  for (int r = 10; r < 14; ++r)
+    lopsided[size_t(r * 28 + 3)] = 30;
   EXPECT_GT(measure_attributes(lopsided.data(), 28, 28).asymmetry, 0.01);
   EXPECT_GT(measure_attributes(lopsided.data(), 28, 28).texture, 0.01);
 }
@@ -54,7 +56,8 @@ TEST(Captions, DeterministicBySeedAndVariedInPhrasing) {
   AttributeLevels lv{2, 0, 1, 1, 0};
   EXPECT_EQ(CaptionModel::caption(9, lv, 7, 0, 123), CaptionModel::caption(9, lv, 7, 0, 123));
   std::set<std::string> phrasings;
-  for (int i = 0; i < 64; ++i) phrasings.insert(CaptionModel::caption(9, lv, 7, 0, i));
+  for (int i = 0; i < 64; ++i)
+    phrasings.insert(CaptionModel::caption(9, lv, 7, 0, i));
   EXPECT_GT(phrasings.size(), 8u);
   std::set<std::string> other_seed;
   int differ = 0;
@@ -75,7 +78,8 @@ TEST(Captions, KeysAreDistinctPerTuple) {
       for (int s = 0; s < 3; ++s)
         for (int w = 0; w < 3; ++w)
           for (int y = 0; y < 2; ++y)
-            for (int t = 0; t < 2; ++t) keys.insert(AttributeLevels{b, s, w, y, t}.key(c));
+            for (int t = 0; t < 2; ++t)
+              keys.insert(AttributeLevels{b, s, w, y, t}.key(c));
   EXPECT_EQ(keys.size(), 10u * 3 * 3 * 3 * 2 * 2);
 }
 

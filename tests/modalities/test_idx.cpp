@@ -19,10 +19,12 @@ std::vector<uint8_t> idx_bytes(std::vector<uint32_t> dims, uint8_t type = 0x08) 
   std::vector<uint8_t> b = {0, 0, type, uint8_t(dims.size())};
   size_t n = 1;
   for (uint32_t d : dims) {
-    for (int s = 24; s >= 0; s -= 8) b.push_back(uint8_t(d >> s));
+    for (int s = 24; s >= 0; s -= 8)
+      b.push_back(uint8_t(d >> s));
     n *= d;
   }
-  for (size_t i = 0; i < n; ++i) b.push_back(uint8_t(i * 7 % 251));
+  for (size_t i = 0; i < n; ++i)
+    b.push_back(uint8_t(i * 7 % 251));
   return b;
 }
 
@@ -42,7 +44,8 @@ class IdxTest : public ::testing::Test {
       gzwrite(f, b.data(), unsigned(b.size()));
       gzclose(f);
     } else {
-      std::ofstream(p, std::ios::binary).write(reinterpret_cast<const char*>(b.data()), long(b.size()));
+      std::ofstream(p, std::ios::binary)
+          .write(reinterpret_cast<const char*>(b.data()), long(b.size()));
     }
     return p;
   }
