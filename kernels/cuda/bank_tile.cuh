@@ -1,13 +1,15 @@
 // The tiled "rows x bank" logit pass: a block takes kTileRows rows of queries Q [rows, d] and
-// walks a feature bank G [cols, d] in tiles of kTileCols, holding each tile of logits
-// Q G^T * inv_tau in registers, with an online log-sum-exp per row. The InfoNCE forward runs it
-// for the rows (img against bank txt) and the columns (txt against bank img), its backward
-// recomputes the same tiles, and cross entropy of queries against a feature bank (per-row targets,
-// several clients' queries stacked as rows against one bank) is the same pass.
+// walks a range of a feature bank G [cols, d] in tiles of kTileCols, holding each tile of logits
+// Q G^T * inv_tau in registers, with an online log-sum-exp per row (row_lse_pass). The backward
+// recomputes the same tiles, turns them into dL/dlogits through a policy and multiplies them by
+// the bank (grad_rows_pass). InfoNCE (img against bank txt and back) and cross entropy against a
+// feature bank (per-row targets; CreamFL's clients stacked as rows against one bank) are both
+// thin kernels around these two passes.
 #pragma once
 
 #include <math.h>
 
+#include <cstddef>
 #include <cstdint>
 
 #include "mmfl/kernels/launch.h"
@@ -177,16 +179,258 @@ __device__ __forceinline__ void lse_fold_tile(const float (&s)[kMicro][kMicro],
   }
 }
 
-// Combines the running log-sum-exp of the kThreadsX threads that share a row (16 consecutive
-// lanes); all 32 lanes call it and all lanes of a row end with the same bits.
-__device__ __forceinline__ RunningLse lse_reduce_row(RunningLse r) {
+// ---- Forward: per-row log-sum-exp over a range of the bank --------------------------------------
+
+// Target policies of row_lse_pass: `int64_t operator()(int64_t row) const` names the bank column
+// whose logit the pass also returns for that row (a cross-entropy target), or -1 for none.
+struct NoTarget {
+  __device__ __forceinline__ int64_t operator()(int64_t) const { return -1; }
+};
+
+// Shared memory of row_lse_pass: the logit slices, then (reusing the bytes) every thread's running
+// log-sum-exp and target logit of each of its rows, for the per-row combination. A row of
+// partials is padded by one entry so that the 64 combining threads read from different banks.
+struct RowPartial {
+  float max, sum, picked;
+};
+union RowLseSmem {
+  SliceSmem slice;
+  RowPartial partial[kTileRows][kThreadsX + 1];
+};
+
+// The block's query rows [row0, row0 + kTileRows) against bank columns [col_begin, col_end).
+// Thread r < kTileRows of the block ends with row (row0 + r)'s running log-sum-exp over the range
+// in `run`, and in `picked` the logit at column target(row) if that lies in the range, otherwise
+// 0. The other threads' outputs are meaningless, as are those of rows past `rows`. The kThreadsX
+// partials of a row are combined through shared memory in a fixed order: one barrier, where
+// shuffles would take eight exchanges per row. All threads of the block call it (it holds
+// barriers).
+template <typename Target>
+__device__ __forceinline__ void row_lse_pass(const float* __restrict__ q,  // [rows, d]
+                                             int64_t rows,
+                                             const float* __restrict__ g,  // [>= col_end, d]
+                                             int64_t col_begin, int64_t col_end, int64_t d,
+                                             int64_t row0, float inv_tau, Load load,
+                                             const Target& target, RowLseSmem& smem,
+                                             RunningLse& run, float& picked) {
+  const int tx = thread_col();
+  const int ty = thread_row();
+  // Targets relative to this thread's first column of the current tile (-1: none in the range);
+  // 32-bit because a range fits in an int, which keeps the register count of the pass down.
+  int want[kMicro];
+  RunningLse mine[kMicro];
+  float mine_picked[kMicro];
 #pragma unroll
-  for (int offset = kThreadsX / 2; offset > 0; offset /= 2) {
-    const RunningLse other{__shfl_xor_sync(0xffffffffu, r.max, offset),
-                           __shfl_xor_sync(0xffffffffu, r.sum, offset)};
-    r = lse_merge(r, other);
+  for (int i = 0; i < kMicro; ++i) {
+    const int64_t row = row0 + ty * kMicro + i;
+    const int64_t t = row < rows ? target(row) : -1;
+    want[i] = t >= col_begin && t < col_end ? static_cast<int>(t - col_begin) - tx * kMicro : -1;
+    mine[i] = lse_empty();
+    mine_picked[i] = 0.0f;
   }
-  return r;
+  for (int64_t col0 = col_begin; col0 < col_end; col0 += kTileCols) {
+    float s[kMicro][kMicro];
+    logit_tile(q, rows, g, col_end, d, row0, col0, inv_tau, load, smem.slice, s);
+    lse_fold_tile(s, col0 + tx * kMicro, col_end, mine);
+    const int tile = static_cast<int>(col0 - col_begin);
+#pragma unroll
+    for (int i = 0; i < kMicro; ++i) {
+#pragma unroll
+      for (int j = 0; j < kMicro; ++j) {
+        if (tile + j == want[i]) mine_picked[i] = s[i][j];
+      }
+    }
+  }
+  // logit_tile ended with a barrier, so the slice bytes are free.
+#pragma unroll
+  for (int i = 0; i < kMicro; ++i)
+    smem.partial[ty * kMicro + i][tx] = RowPartial{mine[i].max, mine[i].sum, mine_picked[i]};
+  __syncthreads();
+  if (threadIdx.x < kTileRows) {
+    run = lse_empty();
+    picked = 0.0f;
+    for (int x = 0; x < kThreadsX; ++x) {
+      const RowPartial p = smem.partial[threadIdx.x][x];
+      run = lse_merge(run, RunningLse{p.max, p.sum});
+      picked += p.picked;  // at most one thread of a row holds the target: the sum is exact
+    }
+  }
+}
+
+// ---- Backward: dL/dlogits times the bank, the logit tiles recomputed ----------------------------
+
+// Where a block accumulates its kTileRows x d gradient rows: in dynamic shared memory when they
+// fit beside the static tiles with two blocks per SM (d <= 256), otherwise directly in its output
+// rows, which the block alone owns (read-modify-write through L2).
+enum class AccumSpace : int { kShared, kGlobal };
+constexpr int64_t kMaxSharedAccumBytes = 64 * 1024;
+
+inline AccumSpace choose_accum_space(int64_t d) {
+  return int64_t{kTileRows} * d * 4 <= kMaxSharedAccumBytes ? AccumSpace::kShared
+                                                            : AccumSpace::kGlobal;
+}
+
+// The dynamic shared memory a grad_rows_pass kernel launch needs.
+inline size_t accum_shared_bytes(AccumSpace space, int64_t d) {
+  return space == AccumSpace::kShared ? static_cast<size_t>(kTileRows * d) * sizeof(float) : 0;
+}
+
+// The logit slices, then (reusing the same bytes) dL/dlogits of the tile transposed [col][row]
+// and a 64 x 64 chunk of the bank rows.
+struct alignas(16) ProductSmem {
+  float p[kTileCols][kPaddedRows];
+  float g[kTileCols][kPaddedCols];
+};
+union GradSmem {
+  SliceSmem slice;
+  ProductSmem product;
+};
+
+// dst[kk][c] = bank[col0 + kk][dc0 + c] for kk, c < 64; zero outside [cols, d).
+__device__ __forceinline__ void stage_bank_chunk(const float* __restrict__ bank_rows,  // [cols, d]
+                                                 int64_t cols, int64_t d, int64_t col0, int64_t dc0,
+                                                 float (*dst)[kPaddedCols], Load load) {
+  const int t = static_cast<int>(threadIdx.x);
+  if (load == Load::kVector4) {
+    constexpr int kVecPerRow = kTileCols / 4;
+#pragma unroll
+    for (int i = 0; i < kTileCols * kVecPerRow / kThreads; ++i) {
+      const int idx = t + i * kThreads;
+      const int kk = idx / kVecPerRow;
+      const int cq = idx % kVecPerRow;
+      const int64_t row = col0 + kk;
+      const int64_t c = dc0 + 4 * cq;
+      float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if (row < cols && c < d) v = __ldg(reinterpret_cast<const float4*>(bank_rows + row * d + c));
+      *reinterpret_cast<float4*>(&dst[kk][4 * cq]) = v;
+    }
+  } else {
+#pragma unroll 4
+    for (int i = 0; i < kTileCols * kTileCols / kThreads; ++i) {
+      const int idx = t + i * kThreads;
+      const int kk = idx / kTileCols;
+      const int c = idx % kTileCols;
+      const int64_t row = col0 + kk;
+      const int64_t col = dc0 + c;
+      dst[kk][c] = row < cols && col < d ? __ldg(bank_rows + row * d + col) : 0.0f;
+    }
+  }
+}
+
+// out[r - row0] = inv_tau * sum_{c in [col_begin, col_end)} ds(r, c) g_c for the block's rows
+// r in [row0, row0 + kTileRows) that are < rows: the logit tiles <q_r, g_c> * inv_tau are
+// recomputed and the policy `Ds` turns each into dL/dlogit[r, c]:
+//   typename Ds::Row, Ds::Col   what it needs per row (loaded once) and per column (per tile)
+//   Row row(int64_t r) const, Col col(int64_t c) const     called for r < rows, c < col_end only
+//   float operator()(const Row&, const Col&, int64_t r, int64_t c, float logit) const
+// `out` points at the block's first row ([.., d], 16-byte alignment not required). Each thread
+// owns fixed accumulator elements (rows ty*4 + i, columns dc0 + tx*4 + j of every 64-wide chunk of
+// d): it alone zeroes, updates and writes them, so the accumulator needs no barrier. All threads
+// of the block call it.
+template <typename Ds>
+__device__ __forceinline__ void grad_rows_pass(const float* __restrict__ q,  // [rows, d]
+                                               int64_t rows,
+                                               const float* __restrict__ g,  // [>= col_end, d]
+                                               int64_t col_begin, int64_t col_end, int64_t d,
+                                               int64_t row0, float inv_tau, const Ds& ds, Load load,
+                                               AccumSpace space, GradSmem& smem,
+                                               float* shared_accum,        // [64, d] if kShared
+                                               float* __restrict__ out) {  // [rows - row0, d]
+  const int tx = thread_col();
+  const int ty = thread_row();
+  const int rows_here = rows - row0 < kTileRows ? static_cast<int>(rows - row0) : kTileRows;
+  float* accum = space == AccumSpace::kShared ? shared_accum : out;  // [rows_here, d]
+  // float4 read-modify-write needs d % 4 == 0 (what kVector4 means) and an aligned base.
+  const bool vec_accum = load == Load::kVector4 && (space == AccumSpace::kShared ||
+                                                    reinterpret_cast<uintptr_t>(out) % 16 == 0);
+
+  typename Ds::Row rs[kMicro] = {};
+#pragma unroll
+  for (int i = 0; i < kMicro; ++i) {
+    const int r = ty * kMicro + i;
+    if (r < rows_here) {
+      rs[i] = ds.row(row0 + r);
+      for (int64_t c = tx * kMicro; c < d; c += kTileCols) {
+#pragma unroll
+        for (int j = 0; j < kMicro; ++j) {
+          if (c + j < d) accum[r * d + c + j] = 0.0f;
+        }
+      }
+    }
+  }
+
+  for (int64_t col0 = col_begin; col0 < col_end; col0 += kTileCols) {
+    float s[kMicro][kMicro];
+    logit_tile(q, rows, g, col_end, d, row0, col0, inv_tau, load, smem.slice, s);
+    // dL/dlogits of the tile into shared memory, transposed: p[c][r]. Rows or columns out of
+    // range get 0 so that they add nothing to the product.
+#pragma unroll
+    for (int j = 0; j < kMicro; ++j) {
+      const int64_t col = col0 + tx * kMicro + j;
+      typename Ds::Col cs = {};
+      if (col < col_end) cs = ds.col(col);
+      float pv[kMicro];
+#pragma unroll
+      for (int i = 0; i < kMicro; ++i) {
+        const int64_t row = row0 + ty * kMicro + i;
+        pv[i] = row < rows && col < col_end ? ds(rs[i], cs, row, col, s[i][j]) : 0.0f;
+      }
+      *reinterpret_cast<float4*>(&smem.product.p[tx * kMicro + j][ty * kMicro]) =
+          make_float4(pv[0], pv[1], pv[2], pv[3]);
+    }
+    // accum[rows, :] += dS[rows, tile] * bank[tile, :], 64 columns of d at a time.
+    for (int64_t dc0 = 0; dc0 < d; dc0 += kTileCols) {
+      stage_bank_chunk(g, col_end, d, col0, dc0, smem.product.g, load);
+      __syncthreads();  // also orders the dS stores above before the first chunk's reads
+      float o[kMicro][kMicro] = {};
+#pragma unroll 8
+      for (int kk = 0; kk < kTileCols; ++kk) {
+        const float4 a = *reinterpret_cast<const float4*>(&smem.product.p[kk][ty * kMicro]);
+        const float4 b = *reinterpret_cast<const float4*>(&smem.product.g[kk][tx * kMicro]);
+        const float av[kMicro] = {a.x, a.y, a.z, a.w};
+        const float bv[kMicro] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+        for (int i = 0; i < kMicro; ++i) {
+#pragma unroll
+          for (int j = 0; j < kMicro; ++j)
+            o[i][j] += av[i] * bv[j];
+        }
+      }
+      const int64_t c = dc0 + tx * kMicro;
+#pragma unroll
+      for (int i = 0; i < kMicro; ++i) {
+        const int r = ty * kMicro + i;
+        if (r >= rows_here || c >= d) continue;
+        float* dst = accum + r * d + c;
+        if (vec_accum) {
+          float4 v = *reinterpret_cast<float4*>(dst);
+          v.x += o[i][0];
+          v.y += o[i][1];
+          v.z += o[i][2];
+          v.w += o[i][3];
+          *reinterpret_cast<float4*>(dst) = v;
+        } else {
+#pragma unroll
+          for (int j = 0; j < kMicro; ++j) {
+            if (c + j < d) dst[j] += o[i][j];
+          }
+        }
+      }
+      __syncthreads();  // the next chunk (or tile) overwrites the shared buffers
+    }
+  }
+
+#pragma unroll
+  for (int i = 0; i < kMicro; ++i) {
+    const int r = ty * kMicro + i;
+    if (r >= rows_here) continue;
+    for (int64_t c = tx * kMicro; c < d; c += kTileCols) {
+#pragma unroll
+      for (int j = 0; j < kMicro; ++j) {
+        if (c + j < d) out[r * d + c + j] = accum[r * d + c + j] * inv_tau;
+      }
+    }
+  }
 }
 
 }  // namespace mmfl::kernels::MMFL_KERNEL_NS::bank

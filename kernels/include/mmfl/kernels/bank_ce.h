@@ -61,6 +61,9 @@ void creamfl_ensemble(const float* local,  // [k, n, d] row-major
 // creamfl_ensemble scores all k clients' queries against the one bank in one launch, then fuses
 // the per-sample softmax over clients with the weighted sum. `simt` is the same .cu file built
 // for the SIMT emulator.
+// Targets are not checked on the device (that would need a synchronization): a target outside
+// [0, n) gives its row a NaN loss. Few query rows against a long bank (a batch against the public
+// set) split the bank across blocks, with a small workspace from cudaMallocAsync on `stream`.
 namespace cuda {
 
 void bank_ce_forward(const float* q,         // [b, d] row-major, device
