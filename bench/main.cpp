@@ -1,5 +1,6 @@
 // mmfl_bench: the kernels of kernels/ against LibTorch compositions of the same math.
 //   mmfl_bench [--device cpu|cuda|all] [--filter SUBSTR] [--quick] [--json FILE]
+// Filters: aggregate, infonce, ensemble, regularizer.
 // CPU rows compare the CPU path with LibTorch's CPU ops; CUDA rows (when a GPU is visible) use
 // CUDA events, an L2 flush between repeats and the copy-bandwidth / GEMM ceilings measured here.
 #include <torch/torch.h>
@@ -13,8 +14,10 @@
 
 #include "bench/harness.h"
 #include "fusion/contrastive.h"
+#include "fusion/creamfl.h"
 #include "mmfl/error.h"
 #include "mmfl/kernels/aggregate.h"
+#include "mmfl/kernels/bank_ce.h"
 #include "mmfl/kernels/infonce.h"
 
 #ifdef MMFL_HAVE_CUDA
@@ -135,6 +138,67 @@ void bench_cpu(const Options& o, Report& rep) {
                  std::to_string(int64_t(double(n) * double(n) * 4 / 1e6)) + " MB each)";
         rep.add(r);
       }
+    }
+  }
+  if (selected(o, "ensemble")) {
+    // CreamFL's ensemble: K clients x N public samples scored against one bank of N.
+    for (int64_t d : {256, 512}) {
+      for (int64_t kk : {10}) {
+        for (int64_t n : o.quick ? std::vector<int64_t>{1024} : std::vector<int64_t>{2048, 4096}) {
+          namespace F = torch::nn::functional;
+          const auto local = F::normalize(torch::randn({kk, n, d}), F::NormalizeFuncOptions().dim(2));
+          const auto bank = F::normalize(torch::randn({n, d}), F::NormalizeFuncOptions().dim(1));
+          const auto tau = torch::ones({1});
+          auto w = torch::empty({kk, n}), out = torch::empty({n, d});
+          Row r;
+          r.op = "creamfl_ensemble";
+          r.backend = "cpu";
+          r.shape = "K=" + std::to_string(kk) + " " + shape_nd(n, d);
+          r.kernel = time_cpu([&] {
+            k::cpu::creamfl_ensemble(local.data_ptr<float>(), bank.data_ptr<float>(), kk, n, d,
+                                     tau.data_ptr<float>(), k::EnsembleWeighting::kContrastive,
+                                     w.data_ptr<float>(), out.data_ptr<float>());
+          }, 0, 3, 20.0);
+          r.baseline = time_cpu([&] {
+            fusion::creamfl_ensemble_composed(local, bank, 1.0, k::EnsembleWeighting::kContrastive);
+          }, 1, 3, 20.0);
+          r.flops = 2.0 * double(kk) * double(n) * double(n) * double(d);
+          r.note = "composition holds an N x N block per client (" +
+                   std::to_string(int64_t(double(n) * double(n) * 4 / 1e6)) + " MB); at N=50000 " +
+                   "that is 10 GB per client";
+          rep.add(r);
+        }
+      }
+    }
+  }
+  if (selected(o, "regularizer")) {
+    // The clients' inter-modal term: a batch of B public features against all N global features.
+    const int64_t n = o.quick ? 4096 : 50000, d = 256;
+    for (int64_t b : o.quick ? std::vector<int64_t>{128} : std::vector<int64_t>{128, 1024}) {
+      namespace F = torch::nn::functional;
+      const auto q = F::normalize(torch::randn({b, d}), F::NormalizeFuncOptions().dim(1));
+      const auto bank = F::normalize(torch::randn({n, d}), F::NormalizeFuncOptions().dim(1));
+      const auto target = torch::randint(n, {b}, torch::kInt64);
+      const auto tau = torch::full({1}, 0.5f);
+      auto lse = torch::empty({b}), loss = torch::empty({b}), gq = torch::empty({b, d});
+      const auto g = torch::ones({b});
+      Row r;
+      r.op = "bank_ce_fwd_bwd";
+      r.backend = "cpu";
+      r.shape = "B=" + std::to_string(b) + " " + shape_nd(n, d);
+      r.kernel = time_cpu([&] {
+        k::cpu::bank_ce_forward(q.data_ptr<float>(), bank.data_ptr<float>(), target.data_ptr<int64_t>(), b, n, d,
+                                tau.data_ptr<float>(), lse.data_ptr<float>(), loss.data_ptr<float>());
+        k::cpu::bank_ce_backward(q.data_ptr<float>(), bank.data_ptr<float>(), target.data_ptr<int64_t>(), b, n, d,
+                                 tau.data_ptr<float>(), lse.data_ptr<float>(), g.data_ptr<float>(),
+                                 gq.data_ptr<float>(), nullptr);
+      }, 0, 3, 20.0);
+      r.baseline = time_cpu([&] {
+        auto qq = q.clone().requires_grad_();
+        fusion::bank_cross_entropy_composed(qq, bank, target, 0.5).sum().backward();
+      }, 1, 3, 20.0);
+      r.flops = 4.0 * double(b) * double(n) * double(d);  // logits + grad_q
+      rep.add(r);
     }
   }
 }
@@ -295,6 +359,75 @@ void bench_cuda(const Options& o, Report& rep) {
         r.note = "GEMM ceiling " + std::to_string(int64_t(gemm / 1e9)) + " GFLOP/s";
         rep.add(r);
       }
+    }
+  }
+  if (selected(o, "ensemble")) {
+    for (int64_t d : {256, 512}) {
+      for (int64_t kk : {10, 50}) {
+        for (int64_t n : o.quick ? std::vector<int64_t>{4096} : std::vector<int64_t>{4096, 16384, 50000}) {
+          namespace F = torch::nn::functional;
+          const auto local = F::normalize(torch::randn({kk, n, d}, opts), F::NormalizeFuncOptions().dim(2));
+          const auto bank = F::normalize(torch::randn({n, d}, opts), F::NormalizeFuncOptions().dim(1));
+          const auto tau = torch::ones({1}, opts);
+          auto w = torch::empty({kk, n}, opts), out = torch::empty({n, d}, opts);
+          auto fused = [&] {
+            k::cuda::creamfl_ensemble(local.data_ptr<float>(), bank.data_ptr<float>(), kk, n, d,
+                                      tau.data_ptr<float>(), k::EnsembleWeighting::kContrastive,
+                                      w.data_ptr<float>(), out.data_ptr<float>(), stream);
+          };
+          auto composed = [&] {
+            fusion::creamfl_ensemble_composed(local, bank, 1.0, k::EnsembleWeighting::kContrastive);
+          };
+          Row r;
+          r.op = "creamfl_ensemble";
+          r.backend = "cuda";
+          r.shape = "K=" + std::to_string(kk) + " " + shape_nd(n, d);
+          r.kernel = time_gpu(fused, 2, 5);
+          r.kernel_peak_mb = peak_mb(fused);
+          size_t free_b = 0, total_b = 0;
+          MMFL_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+          // The composition's per-client N x N logits and log-softmax, with headroom.
+          if (3.0 * double(n) * double(n) * 4 < 0.8 * double(free_b)) {
+            r.baseline = time_gpu(composed, 1, 3);
+            r.baseline_peak_mb = peak_mb(composed);
+          } else {
+            r.note = "composition does not fit: needs ~" +
+                     std::to_string(int64_t(3.0 * double(n) * double(n) * 4 / 1e9)) + " GB";
+          }
+          r.flops = 2.0 * double(kk) * double(n) * double(n) * double(d);
+          r.ceiling = 0;
+          rep.add(r);
+        }
+      }
+    }
+  }
+  if (selected(o, "regularizer")) {
+    const int64_t n = 50000, d = 256;
+    for (int64_t b : {128, 512, 1024}) {
+      namespace F = torch::nn::functional;
+      const auto q = F::normalize(torch::randn({b, d}, opts), F::NormalizeFuncOptions().dim(1));
+      const auto bank = F::normalize(torch::randn({n, d}, opts), F::NormalizeFuncOptions().dim(1));
+      const auto target = torch::randint(n, {b}, opts.dtype(torch::kInt64));
+      const auto tau = torch::full({1}, 0.5f, opts);
+      auto lse = torch::empty({b}, opts), loss = torch::empty({b}, opts), gq = torch::empty({b, d}, opts);
+      const auto g = torch::ones({b}, opts);
+      Row r;
+      r.op = "bank_ce_fwd_bwd";
+      r.backend = "cuda";
+      r.shape = "B=" + std::to_string(b) + " " + shape_nd(n, d);
+      r.kernel = time_gpu([&] {
+        k::cuda::bank_ce_forward(q.data_ptr<float>(), bank.data_ptr<float>(), target.data_ptr<int64_t>(), b, n, d,
+                                 tau.data_ptr<float>(), lse.data_ptr<float>(), loss.data_ptr<float>(), stream);
+        k::cuda::bank_ce_backward(q.data_ptr<float>(), bank.data_ptr<float>(), target.data_ptr<int64_t>(), b, n, d,
+                                  tau.data_ptr<float>(), lse.data_ptr<float>(), g.data_ptr<float>(),
+                                  gq.data_ptr<float>(), nullptr, stream);
+      }, 3, 10);
+      r.baseline = time_gpu([&] {
+        auto qq = q.detach().requires_grad_();
+        fusion::bank_cross_entropy_composed(qq, bank, target, 0.5).sum().backward();
+      }, 3, 10);
+      r.flops = 4.0 * double(b) * double(n) * double(d);
+      rep.add(r);
     }
   }
 }

@@ -315,6 +315,7 @@ Config parse_config(const YAML::Node& root, const std::string& origin) {
     t.batch_size = s.get_int("batch_size", t.batch_size, 1, 1 << 20);
     t.contrastive_weight = s.get_double("contrastive_weight", t.contrastive_weight, 0, 1000);
     t.temperature = s.get_double("temperature", t.temperature, 1e-4, 100);
+    t.grad_clip = s.get_double("grad_clip", t.grad_clip, 0, 1e6);
     s.finish();
   }
   {

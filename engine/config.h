@@ -87,6 +87,7 @@ struct TrainConfig {
   int64_t batch_size = 32;
   double contrastive_weight = 1.0;  // paired clients: weight of the image-text InfoNCE term
   double temperature = 0.1;         // InfoNCE temperature
+  double grad_clip = 0.0;           // max gradient norm per step (0: no clipping)
 };
 
 struct Config {

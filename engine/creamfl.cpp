@@ -3,6 +3,7 @@
 #include <torch/nn/functional/loss.h>
 #include <torch/nn/functional/normalization.h>
 
+#include <cmath>
 #include <filesystem>
 
 #include "engine/npy.h"
@@ -114,9 +115,7 @@ CreamFlStrategy::ClientReps CreamFlStrategy::train_client(const ClientSpec& spec
   auto loss_sum = torch::zeros({}, data_.pool.images.options());
   int64_t steps = 0;
   auto step = [&](const torch::Tensor& loss) {
-    opt->zero_grad();
-    loss.backward();
-    opt->step();
+    optimizer_step(*opt, loss, t);
     loss_sum += loss.detach();
     ++steps;
   };
@@ -147,13 +146,22 @@ CreamFlStrategy::ClientReps CreamFlStrategy::train_client(const ClientSpec& spec
   ClientReps r;
   r.id = spec.id;
   r.loss = steps ? loss_sum.item<double>() / double(steps) : 0.0;
+  const torch::Tensor new_img = img ? features(*m.image, true) : torch::Tensor();
+  const torch::Tensor new_txt = txt ? features(*m.text, false) : torch::Tensor();
+  // A client whose training diverged sends nothing and keeps its state from before the round,
+  // so one bad client can neither poison the ensemble nor stay broken.
+  if ((img && !torch::isfinite(new_img).all().item<bool>()) ||
+      (txt && !torch::isfinite(new_txt).all().item<bool>())) {
+    r.diverged = true;
+    return r;
+  }
   if (img) {
     st.image = m.image->flat().cpu();
-    r.image = features(*m.image, true);
+    r.image = new_img;
   }
   if (txt) {
     st.text = m.text->flat().cpu();
-    r.text = features(*m.text, false);
+    r.text = new_txt;
   }
   return r;
 }
@@ -173,9 +181,7 @@ double CreamFlStrategy::server_train(int64_t round) {
     for (const auto& rows : shuffled_batches(rows_all, cfg_.creamfl.public_batch_size, rng, dev)) {
       const auto loss =
           supervised_loss(server_, ClientKind::kPaired, data_.public_set, rows, cfg_.train);
-      opt->zero_grad();
-      loss.backward();
-      opt->step();
+      optimizer_step(*opt, loss, cfg_.train);
       sum += loss.detach();
       ++steps;
     }
@@ -208,9 +214,7 @@ double CreamFlStrategy::distill(const torch::Tensor& target_img, const torch::Te
           normalized(server_.text->features(data_.public_set.tokens.index_select(0, rows)));
       loss = loss + c.kd_weight * F::mse_loss(out, target_txt.index_select(0, rows));
     }
-    opt->zero_grad();
-    loss.backward();
-    opt->step();
+    optimizer_step(*opt, loss, cfg_.train);
     sum += loss.detach();
     ++steps;
   }
@@ -226,14 +230,21 @@ RoundStats CreamFlStrategy::run_round(const std::vector<const ClientSpec*>& coho
     g_img = features(*server_.image, true);
     g_txt = features(*server_.text, false);
     const int64_t rep_bytes = g_img.numel() * 4;
+    int64_t trained = 0;
     for (const ClientSpec* spec : cohort) {
       reps.push_back(train_client(*spec, round, g_img, g_txt));
       const auto& r = reps.back();
-      s.train_loss += r.loss / double(cohort.size());
+      if (r.diverged) {
+        s.skipped.push_back(r.id);
+        continue;
+      }
+      s.train_loss += r.loss;
+      ++trained;
       s.bytes_down += 2 * rep_bytes;  // G_img and G_txt: both regularizers need both
       s.bytes_up += (r.image.defined() ? rep_bytes : 0) + (r.text.defined() ? rep_bytes : 0);
     }
     s.clients = int64_t(cohort.size());
+    if (trained > 0) s.train_loss /= double(trained);
     std::vector<torch::Tensor> li, lt;
     for (const auto& r : reps) {
       if (r.image.defined()) li.push_back(r.image);
@@ -261,9 +272,17 @@ RoundStats CreamFlStrategy::run_round(const std::vector<const ClientSpec*>& coho
     s.extra["image_clients"] = int64_t(li.size());
     s.extra["text_clients"] = int64_t(lt.size());
   }
-  s.extra["server_loss"] = server_train(round);
+  const double server_loss = server_train(round);
+  s.extra["server_loss"] = server_loss;
+  MMFL_CHECK(std::isfinite(server_loss), "round ", round,
+             ": the server's training loss is not "
+             "finite (training diverged); lower creamfl.server_lr or set train.grad_clip");
   if (!public_only) {
-    s.extra["distill_loss"] = distill(a_img, a_txt);
+    const double distill_loss = distill(a_img, a_txt);
+    s.extra["distill_loss"] = distill_loss;
+    MMFL_CHECK(std::isfinite(distill_loss), "round ", round,
+               ": the distillation loss is not "
+               "finite (training diverged); lower creamfl.server_lr or set train.grad_clip");
     if (round == cfg_.creamfl.dump_round)
       dump(round, reps, g_img, g_txt, w_img, w_txt, a_img, a_txt);
   }

@@ -37,6 +37,7 @@ class CreamFlStrategy : public Strategy {
     int64_t id = 0;
     torch::Tensor image, text;
     double loss = 0;
+    bool diverged = false;  // non-finite features: nothing sent, state kept from before
   };
 
   // The server's distillation step on the ensembles (undefined = no client held that modality:

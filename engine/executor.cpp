@@ -1,6 +1,7 @@
 #include "engine/executor.h"
 
 #include <torch/nn/functional/loss.h>
+#include <torch/nn/utils/clip_grad.h>
 #include <torch/optim/adam.h>
 #include <torch/optim/sgd.h>
 
@@ -30,6 +31,16 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainConfig& t, do
     default:
       MMFL_FAIL("unknown OptimizerKind ", static_cast<int>(t.optimizer));
   }
+}
+
+void optimizer_step(torch::optim::Optimizer& opt, const torch::Tensor& loss, const TrainConfig& t) {
+  opt.zero_grad();
+  loss.backward();
+  if (t.grad_clip > 0) {
+    for (auto& group : opt.param_groups())
+      torch::nn::utils::clip_grad_norm_(group.params(), t.grad_clip);
+  }
+  opt.step();
 }
 
 std::vector<torch::Tensor> shuffled_batches(const std::vector<int64_t>& indices, int64_t batch_size,
@@ -115,9 +126,7 @@ ClientUpdate SequentialExecutor::train_client(const ClientSpec& spec, const Glob
   for (int64_t epoch = 0; epoch < t.epochs; ++epoch) {
     for (const auto& rows : shuffled_batches(spec.indices, t.batch_size, rng, dev)) {
       const auto loss = supervised_loss(work_, spec.kind, data_.pool, rows, t);
-      opt->zero_grad();
-      loss.backward();
-      opt->step();
+      optimizer_step(*opt, loss, t);
       loss_sum += loss.detach();
       ++steps;
     }

@@ -38,6 +38,9 @@ torch::Tensor supervised_loss(GlobalModel& towers, ClientKind kind, const Paired
 std::vector<torch::Tensor> shuffled_batches(const std::vector<int64_t>& indices, int64_t batch_size,
                                             std::mt19937_64& rng, const torch::Device& device);
 
+// One optimizer step on `loss`: backward, gradient clipping (t.grad_clip > 0), step.
+void optimizer_step(torch::optim::Optimizer& opt, const torch::Tensor& loss, const TrainConfig& t);
+
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainConfig& t, double lr,
                                                         std::vector<torch::Tensor> params);
 
