@@ -10,16 +10,12 @@
 #include "engine/config.h"
 #include "engine/run.h"
 #include "mmfl/error.h"
+#include "tests/engine/run_fixture.h"
 
 namespace mmfl::engine {
 namespace {
 
 namespace fs = std::filesystem;
-
-std::string data_root() {
-  const char* env = std::getenv("MMFL_DATA_ROOT");
-  return env ? env : "/usr/share/datasets/fashion-mnist";
-}
 
 Config tiny_config() {
   const std::string yaml = R"(
@@ -40,37 +36,7 @@ checkpoint: {every: 1, keep: 2}
   return parse_config_text(yaml, {"data.root=" + data_root()});
 }
 
-class EndToEnd : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (!fs::exists(data_root() + "/train-images-idx3-ubyte.gz"))
-      GTEST_SKIP() << "FashionMNIST not found in " << data_root()
-                   << " (install dataset-fashion-mnist or set MMFL_DATA_ROOT)";
-    base_ = fs::temp_directory_path() /
-            ("mmfl_e2e_" +
-             std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
-    fs::remove_all(base_);
-  }
-  void TearDown() override { fs::remove_all(base_); }
-  RunOptions opts(const std::string& sub) {
-    RunOptions o;
-    o.out_dir = (base_ / sub).string();
-    o.quiet = true;
-    return o;
-  }
-  static std::vector<nlohmann::json> metrics(const std::string& dir) {
-    std::vector<nlohmann::json> out;
-    std::ifstream in(dir + "/metrics.jsonl");
-    for (std::string line; std::getline(in, line);) {
-      auto j = nlohmann::json::parse(line);
-      j.erase("wall_s");  // timings differ between runs; everything else must not
-      j.erase("clients_per_s");
-      out.push_back(j);
-    }
-    return out;
-  }
-  fs::path base_;
-};
+class EndToEnd : public RunFixture {};
 
 TEST_F(EndToEnd, TinyFederationBeatsChance) {
   const auto s = run_experiment(tiny_config(), opts("run"));
