@@ -146,7 +146,8 @@ void bench_cpu(const Options& o, Report& rep) {
       for (int64_t kk : {10}) {
         for (int64_t n : o.quick ? std::vector<int64_t>{1024} : std::vector<int64_t>{2048, 4096}) {
           namespace F = torch::nn::functional;
-          const auto local = F::normalize(torch::randn({kk, n, d}), F::NormalizeFuncOptions().dim(2));
+          const auto local =
+              F::normalize(torch::randn({kk, n, d}), F::NormalizeFuncOptions().dim(2));
           const auto bank = F::normalize(torch::randn({n, d}), F::NormalizeFuncOptions().dim(1));
           const auto tau = torch::ones({1});
           auto w = torch::empty({kk, n}), out = torch::empty({n, d});
@@ -154,14 +155,19 @@ void bench_cpu(const Options& o, Report& rep) {
           r.op = "creamfl_ensemble";
           r.backend = "cpu";
           r.shape = "K=" + std::to_string(kk) + " " + shape_nd(n, d);
-          r.kernel = time_cpu([&] {
-            k::cpu::creamfl_ensemble(local.data_ptr<float>(), bank.data_ptr<float>(), kk, n, d,
-                                     tau.data_ptr<float>(), k::EnsembleWeighting::kContrastive,
-                                     w.data_ptr<float>(), out.data_ptr<float>());
-          }, 0, 3, 20.0);
-          r.baseline = time_cpu([&] {
-            fusion::creamfl_ensemble_composed(local, bank, 1.0, k::EnsembleWeighting::kContrastive);
-          }, 1, 3, 20.0);
+          r.kernel = time_cpu(
+              [&] {
+                k::cpu::creamfl_ensemble(local.data_ptr<float>(), bank.data_ptr<float>(), kk, n, d,
+                                         tau.data_ptr<float>(), k::EnsembleWeighting::kContrastive,
+                                         w.data_ptr<float>(), out.data_ptr<float>());
+              },
+              0, 3, 20.0);
+          r.baseline = time_cpu(
+              [&] {
+                fusion::creamfl_ensemble_composed(local, bank, 1.0,
+                                                  k::EnsembleWeighting::kContrastive);
+              },
+              1, 3, 20.0);
           r.flops = 2.0 * double(kk) * double(n) * double(n) * double(d);
           r.note = "composition holds an N x N block per client (" +
                    std::to_string(int64_t(double(n) * double(n) * 4 / 1e6)) + " MB); at N=50000 " +
@@ -186,17 +192,23 @@ void bench_cpu(const Options& o, Report& rep) {
       r.op = "bank_ce_fwd_bwd";
       r.backend = "cpu";
       r.shape = "B=" + std::to_string(b) + " " + shape_nd(n, d);
-      r.kernel = time_cpu([&] {
-        k::cpu::bank_ce_forward(q.data_ptr<float>(), bank.data_ptr<float>(), target.data_ptr<int64_t>(), b, n, d,
-                                tau.data_ptr<float>(), lse.data_ptr<float>(), loss.data_ptr<float>());
-        k::cpu::bank_ce_backward(q.data_ptr<float>(), bank.data_ptr<float>(), target.data_ptr<int64_t>(), b, n, d,
-                                 tau.data_ptr<float>(), lse.data_ptr<float>(), g.data_ptr<float>(),
-                                 gq.data_ptr<float>(), nullptr);
-      }, 0, 3, 20.0);
-      r.baseline = time_cpu([&] {
-        auto qq = q.clone().requires_grad_();
-        fusion::bank_cross_entropy_composed(qq, bank, target, 0.5).sum().backward();
-      }, 1, 3, 20.0);
+      r.kernel = time_cpu(
+          [&] {
+            k::cpu::bank_ce_forward(q.data_ptr<float>(), bank.data_ptr<float>(),
+                                    target.data_ptr<int64_t>(), b, n, d, tau.data_ptr<float>(),
+                                    lse.data_ptr<float>(), loss.data_ptr<float>());
+            k::cpu::bank_ce_backward(q.data_ptr<float>(), bank.data_ptr<float>(),
+                                     target.data_ptr<int64_t>(), b, n, d, tau.data_ptr<float>(),
+                                     lse.data_ptr<float>(), g.data_ptr<float>(),
+                                     gq.data_ptr<float>(), nullptr);
+          },
+          0, 3, 20.0);
+      r.baseline = time_cpu(
+          [&] {
+            auto qq = q.clone().requires_grad_();
+            fusion::bank_cross_entropy_composed(qq, bank, target, 0.5).sum().backward();
+          },
+          1, 3, 20.0);
       r.flops = 4.0 * double(b) * double(n) * double(d);  // logits + grad_q
       rep.add(r);
     }
@@ -364,10 +376,13 @@ void bench_cuda(const Options& o, Report& rep) {
   if (selected(o, "ensemble")) {
     for (int64_t d : {256, 512}) {
       for (int64_t kk : {10, 50}) {
-        for (int64_t n : o.quick ? std::vector<int64_t>{4096} : std::vector<int64_t>{4096, 16384, 50000}) {
+        for (int64_t n :
+             o.quick ? std::vector<int64_t>{4096} : std::vector<int64_t>{4096, 16384, 50000}) {
           namespace F = torch::nn::functional;
-          const auto local = F::normalize(torch::randn({kk, n, d}, opts), F::NormalizeFuncOptions().dim(2));
-          const auto bank = F::normalize(torch::randn({n, d}, opts), F::NormalizeFuncOptions().dim(1));
+          const auto local =
+              F::normalize(torch::randn({kk, n, d}, opts), F::NormalizeFuncOptions().dim(2));
+          const auto bank =
+              F::normalize(torch::randn({n, d}, opts), F::NormalizeFuncOptions().dim(1));
           const auto tau = torch::ones({1}, opts);
           auto w = torch::empty({kk, n}, opts), out = torch::empty({n, d}, opts);
           auto fused = [&] {
@@ -409,23 +424,30 @@ void bench_cuda(const Options& o, Report& rep) {
       const auto bank = F::normalize(torch::randn({n, d}, opts), F::NormalizeFuncOptions().dim(1));
       const auto target = torch::randint(n, {b}, opts.dtype(torch::kInt64));
       const auto tau = torch::full({1}, 0.5f, opts);
-      auto lse = torch::empty({b}, opts), loss = torch::empty({b}, opts), gq = torch::empty({b, d}, opts);
+      auto lse = torch::empty({b}, opts), loss = torch::empty({b}, opts),
+           gq = torch::empty({b, d}, opts);
       const auto g = torch::ones({b}, opts);
       Row r;
       r.op = "bank_ce_fwd_bwd";
       r.backend = "cuda";
       r.shape = "B=" + std::to_string(b) + " " + shape_nd(n, d);
-      r.kernel = time_gpu([&] {
-        k::cuda::bank_ce_forward(q.data_ptr<float>(), bank.data_ptr<float>(), target.data_ptr<int64_t>(), b, n, d,
-                                 tau.data_ptr<float>(), lse.data_ptr<float>(), loss.data_ptr<float>(), stream);
-        k::cuda::bank_ce_backward(q.data_ptr<float>(), bank.data_ptr<float>(), target.data_ptr<int64_t>(), b, n, d,
-                                  tau.data_ptr<float>(), lse.data_ptr<float>(), g.data_ptr<float>(),
-                                  gq.data_ptr<float>(), nullptr, stream);
-      }, 3, 10);
-      r.baseline = time_gpu([&] {
-        auto qq = q.detach().requires_grad_();
-        fusion::bank_cross_entropy_composed(qq, bank, target, 0.5).sum().backward();
-      }, 3, 10);
+      r.kernel = time_gpu(
+          [&] {
+            k::cuda::bank_ce_forward(q.data_ptr<float>(), bank.data_ptr<float>(),
+                                     target.data_ptr<int64_t>(), b, n, d, tau.data_ptr<float>(),
+                                     lse.data_ptr<float>(), loss.data_ptr<float>(), stream);
+            k::cuda::bank_ce_backward(q.data_ptr<float>(), bank.data_ptr<float>(),
+                                      target.data_ptr<int64_t>(), b, n, d, tau.data_ptr<float>(),
+                                      lse.data_ptr<float>(), g.data_ptr<float>(),
+                                      gq.data_ptr<float>(), nullptr, stream);
+          },
+          3, 10);
+      r.baseline = time_gpu(
+          [&] {
+            auto qq = q.detach().requires_grad_();
+            fusion::bank_cross_entropy_composed(qq, bank, target, 0.5).sum().backward();
+          },
+          3, 10);
       r.flops = 4.0 * double(b) * double(n) * double(d);
       rep.add(r);
     }

@@ -35,11 +35,11 @@ std::string concat(Args&&... args) {
 }  // namespace mmfl
 
 // Throws mmfl::Error with the streamed message when `cond` is false.
-#define MMFL_CHECK(cond, ...)                                                        \
-  do {                                                                               \
-    if (!(cond)) {                                                                   \
+#define MMFL_CHECK(cond, ...)                                                       \
+  do {                                                                              \
+    if (!(cond)) {                                                                  \
       throw ::mmfl::Error(::mmfl::detail::concat(__VA_ARGS__), __FILE__, __LINE__); \
-    }                                                                                \
+    }                                                                               \
   } while (0)
 
 // Unconditional throw, for `default:` branches and unreachable states.
