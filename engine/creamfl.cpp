@@ -65,14 +65,9 @@ CreamFlStrategy::CreamFlStrategy(const Config& cfg, const FederatedData& data, s
 }
 
 torch::Tensor CreamFlStrategy::features(Tower& tower, bool image) {
-  torch::NoGradGuard no_grad;
   tower.eval();
   const auto& x = image ? data_.public_set.images : data_.public_set.tokens;
-  std::vector<torch::Tensor> parts;
-  const int64_t b = cfg_.eval_batch_size;
-  for (int64_t i = 0; i < x.size(0); i += b)
-    parts.push_back(tower.features(x.narrow(0, i, std::min(b, x.size(0) - i))));
-  return normalized(torch::cat(parts));
+  return normalized(batched_features(tower, x, cfg_.eval_batch_size));
 }
 
 CreamFlStrategy::ClientState& CreamFlStrategy::state_of(const ClientSpec& spec) {

@@ -4,14 +4,15 @@
 
 namespace mmfl::engine {
 
-namespace {
-
-torch::Tensor features(Tower& tower, const torch::Tensor& x, int64_t batch) {
+torch::Tensor batched_features(Tower& tower, const torch::Tensor& x, int64_t batch) {
+  torch::NoGradGuard no_grad;
   std::vector<torch::Tensor> parts;
   for (int64_t b = 0; b < x.size(0); b += batch)
     parts.push_back(tower.features(x.narrow(0, b, std::min(batch, x.size(0) - b))));
   return torch::cat(parts);
 }
+
+namespace {
 
 double accuracy(Tower& tower, const torch::Tensor& feats, const torch::Tensor& labels) {
   return tower.logits(feats).argmax(1).eq(labels).to(torch::kFloat64).mean().item<double>();
@@ -33,8 +34,8 @@ EvalResult evaluate(GlobalModel& model, const FederatedData& data, int64_t batch
   model.image->eval();
   model.text->eval();
   EvalResult r;
-  const auto fi = features(*model.image, data.test.images, batch_size);
-  const auto ft = features(*model.text, data.test.tokens, batch_size);
+  const auto fi = batched_features(*model.image, data.test.images, batch_size);
+  const auto ft = batched_features(*model.text, data.test.tokens, batch_size);
   r.image_acc = accuracy(*model.image, fi, data.test.labels);
   r.text_acc = accuracy(*model.text, ft, data.test.labels);
   namespace F = torch::nn::functional;

@@ -16,6 +16,9 @@ struct EvalResult {
 
 EvalResult evaluate(GlobalModel& model, const FederatedData& data, int64_t batch_size);
 
+// Features [N, D] of all rows of `x`, in batches of `batch`, without gradients.
+torch::Tensor batched_features(Tower& tower, const torch::Tensor& x, int64_t batch);
+
 // Recall@{1,5,10} of row i retrieving column i in `sim` [R, R].
 void recall_at(const torch::Tensor& sim, double out[3]);
 

@@ -88,13 +88,15 @@ std::vector<ClientUpdate> SequentialExecutor::train(const std::vector<const Clie
                                                     const GlobalModel& global, int64_t round) {
   std::vector<ClientUpdate> out;
   out.reserve(cohort.size());
+  const auto image = global.image->flat(), text = global.text->flat();
   for (const ClientSpec* c : cohort)
-    out.push_back(train_client(*c, global, round));
+    out.push_back(train_client(*c, image, text, round));
   return out;
 }
 
-ClientUpdate SequentialExecutor::train_client(const ClientSpec& spec, const GlobalModel& global,
-                                              int64_t round) {
+ClientUpdate SequentialExecutor::train_client(const ClientSpec& spec,
+                                              const torch::Tensor& global_image,
+                                              const torch::Tensor& global_text, int64_t round) {
   const bool img = holds_image(spec.kind), txt = holds_text(spec.kind);
   const auto& t = cfg_.train;
   std::vector<torch::Tensor> params;
@@ -103,13 +105,13 @@ ClientUpdate SequentialExecutor::train_client(const ClientSpec& spec, const Glob
   u.kind = spec.kind;
   u.num_samples = int64_t(spec.indices.size());
   if (img) {
-    work_.image->load_flat(global.image->flat());
+    work_.image->load_flat(global_image);
     for (auto& p : work_.image->parameters())
       params.push_back(p);
     u.bytes_down += 4 * work_.image->num_params();
   }
   if (txt) {
-    work_.text->load_flat(global.text->flat());
+    work_.text->load_flat(global_text);
     for (auto& p : work_.text->parameters())
       params.push_back(p);
     u.bytes_down += 4 * work_.text->num_params();

@@ -60,7 +60,9 @@ class SequentialExecutor : public Executor {
                                   const GlobalModel& global, int64_t round) override;
 
  private:
-  ClientUpdate train_client(const ClientSpec& spec, const GlobalModel& global, int64_t round);
+  // `global_image` / `global_text`: the global towers flattened once per round.
+  ClientUpdate train_client(const ClientSpec& spec, const torch::Tensor& global_image,
+                            const torch::Tensor& global_text, int64_t round);
 
   const Config& cfg_;
   const FederatedData& data_;
