@@ -175,9 +175,12 @@ class StackedOptimizer {
     }
   }
 
+  // Gradients become undefined, as torch::optim's zero_grad leaves them: a parameter that a
+  // step's loss does not reach (the class heads in CreamFL's public-set pass) is then skipped
+  // by step(), momentum included, as torch::optim::SGD skips it.
   void zero_grad() {
     for (auto& p : params_)
-      if (p.grad().defined()) p.mutable_grad().zero_();
+      p.mutable_grad().reset();
   }
 
   // active: [C] bool on the parameters' device; n_active: how many are true.
