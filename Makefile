@@ -14,7 +14,7 @@ DEB_PKGS    := cmake ninja-build g++ ccache pkg-config python3 python3-venv zlib
                libbenchmark-dev dataset-fashion-mnist
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test build configure deps venv sanitize asan tsan bench clean
+.PHONY: run test build configure deps venv sanitize asan tsan bench bench-fl clean
 
 run: build
 	$(BUILD)/mmfl run $(CONFIG)
@@ -68,6 +68,10 @@ sanitize: asan tsan
 
 bench: build
 	$(BUILD)/bench/mmfl_bench
+
+# The cross-device FL benchmark: mmfl's executors beside a plain-PyTorch simulator, same run.
+bench-fl: build
+	$(PYTHON) bench/cross_device.py --mmfl $(BUILD)/mmfl
 
 clean:
 	rm -rf $(BUILD) build-asan build-tsan

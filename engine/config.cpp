@@ -259,8 +259,11 @@ Config parse_config(const YAML::Node& root, const std::string& origin) {
       MMFL_CHECK(std::abs(sum - 1.0) < 1e-6, "config keys 'population.modality_mix.*' sum to ", sum,
                  "; image + text + paired must be 1");
     }
-    const std::string part = s.get_choice("partition", "dirichlet", {"iid", "dirichlet"});
-    p.partition = part == "iid" ? Partition::kIid : Partition::kDirichlet;
+    const std::string part =
+        s.get_choice("partition", "dirichlet", {"iid", "dirichlet", "resample"});
+    p.partition = part == "iid"         ? Partition::kIid
+                  : part == "dirichlet" ? Partition::kDirichlet
+                                        : Partition::kResample;
     p.alpha = s.get_double("alpha", p.alpha, 1e-3, 1e6);
     p.quantity_skew = s.get_double("quantity_skew", p.quantity_skew, 0, 5);
     p.min_samples = s.get_int("min_samples", p.min_samples, 1, 100000);

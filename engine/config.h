@@ -16,7 +16,7 @@ class Node;
 
 namespace mmfl::engine {
 
-enum class Partition { kIid, kDirichlet };
+enum class Partition { kIid, kDirichlet, kResample };
 enum class OptimizerKind { kSgd, kAdam };
 enum class StrategyKind {
   kFedAvg,      // weights, averaged per tower

@@ -146,6 +146,32 @@ std::vector<ClientKind> assign_kinds(int64_t clients, const ModalityMix& mix,
   return kinds;
 }
 
+std::vector<std::vector<int64_t>> partition_resample(int64_t num_samples,
+                                                     const std::vector<double>& shares,
+                                                     int64_t min_samples, std::mt19937_64& rng) {
+  MMFL_CHECK(num_samples >= min_samples,
+             "population.partition 'resample' needs a pool of at least "
+             "population.min_samples = ",
+             min_samples, " samples, the pool has ", num_samples);
+  std::vector<std::vector<int64_t>> parts(shares.size());
+  std::unordered_set<int64_t> seen;
+  for (size_t c = 0; c < shares.size(); ++c) {
+    const int64_t n = std::min(
+        num_samples, std::max(min_samples, int64_t(std::llround(shares[c] * double(num_samples)))));
+    // Floyd's algorithm: n distinct rows without touching the whole pool.
+    seen.clear();
+    auto& part = parts[c];
+    part.reserve(size_t(n));
+    for (int64_t j = num_samples - n; j < num_samples; ++j) {
+      const int64_t t = std::uniform_int_distribution<int64_t>(0, j)(rng);
+      part.push_back(seen.insert(t).second ? t : j);
+      if (part.back() == j) seen.insert(j);
+    }
+    part.shrink_to_fit();
+  }
+  return parts;
+}
+
 std::vector<ClientSpec> make_population(const PopulationConfig& cfg,
                                         const std::vector<int64_t>& pool_labels, int num_classes,
                                         uint64_t seed) {
@@ -159,10 +185,13 @@ std::vector<ClientSpec> make_population(const PopulationConfig& cfg,
     case Partition::kDirichlet:
       parts = partition_dirichlet(pool_labels, num_classes, cfg.alpha, shares, rng);
       break;
+    case Partition::kResample:
+      parts = partition_resample(int64_t(pool_labels.size()), shares, cfg.min_samples, rng);
+      break;
     default:
       MMFL_FAIL("unknown Partition ", static_cast<int>(cfg.partition));
   }
-  enforce_min_samples(parts, cfg.min_samples, rng);
+  if (cfg.partition != Partition::kResample) enforce_min_samples(parts, cfg.min_samples, rng);
   const auto kinds = assign_kinds(cfg.clients, cfg.mix, rng);
   std::vector<ClientSpec> pop(size_t(cfg.clients));
   for (size_t c = 0; c < pop.size(); ++c) {

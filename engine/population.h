@@ -46,6 +46,13 @@ std::vector<std::vector<int64_t>> partition_dirichlet(const std::vector<int64_t>
                                                       const std::vector<double>& shares,
                                                       std::mt19937_64& rng);
 
+// Resampling: each client draws max(min_samples, share * num_samples) distinct rows of the whole
+// pool, independently of the other clients (their data overlap). For populations larger than
+// the pool (scale tests of 100k clients); never a substitute for a real partition in a study.
+std::vector<std::vector<int64_t>> partition_resample(int64_t num_samples,
+                                                     const std::vector<double>& shares,
+                                                     int64_t min_samples, std::mt19937_64& rng);
+
 // Moves samples from the largest clients to those below `min_samples` (every sample stays
 // assigned exactly once). Fails when the pool cannot give every client `min_samples`.
 void enforce_min_samples(std::vector<std::vector<int64_t>>& parts, int64_t min_samples,
