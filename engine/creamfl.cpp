@@ -55,7 +55,11 @@ std::vector<torch::Tensor> params_of(GlobalModel& m, ClientKind kind) {
 }  // namespace
 
 CreamFlStrategy::CreamFlStrategy(const Config& cfg, const FederatedData& data, std::string run_dir)
-    : cfg_(cfg), data_(data), run_dir_(std::move(run_dir)) {
+    : cfg_(cfg),
+      data_(data),
+      states_(int64_t(cfg.state.max_memory_gb * 1e9),
+              (std::filesystem::path(run_dir) / "state").string()),
+      run_dir_(std::move(run_dir)) {
   torch::manual_seed(cfg.seed);
   server_ = make_towers(cfg.model.server_image, cfg.model.server_text, data, cfg.data.max_tokens);
   for (int k = 0; k < 3; ++k) {
@@ -74,16 +78,17 @@ torch::Tensor CreamFlStrategy::features(Tower& tower, bool image) {
   return normalized(batched_features(tower, x, cfg_.eval_batch_size));
 }
 
-CreamFlStrategy::ClientState CreamFlStrategy::state_of(const ClientSpec& spec) {
-  {
-    std::lock_guard<std::mutex> lock(states_mutex_);
-    auto it = states_.find(spec.id);
-    if (it != states_.end()) return it->second;
+CreamFlStrategy::ClientModel CreamFlStrategy::state_of(const ClientSpec& spec) {
+  if (auto kept = states_.find(spec.id)) {
+    ClientModel m;
+    if (kept->count("image")) m.image = kept->at("image");
+    if (kept->count("text")) m.text = kept->at("text");
+    return m;
   }
   // A client's first round: its own initialization, a function of (seed, client id) only.
   const int k = static_cast<int>(spec.kind);
   auto rng = make_rng(cfg_.seed, kStreamClientInit, uint64_t(spec.id));
-  ClientState st;
+  ClientModel st;
   std::lock_guard<std::mutex> lock(torch_init_mutex());
   torch::manual_seed(rng());
   if (holds_image(spec.kind))
@@ -97,9 +102,11 @@ CreamFlStrategy::ClientState CreamFlStrategy::state_of(const ClientSpec& spec) {
   return st;
 }
 
-void CreamFlStrategy::keep_state(int64_t id, ClientState st) {
-  std::lock_guard<std::mutex> lock(states_mutex_);
-  states_[id] = std::move(st);
+void CreamFlStrategy::keep_state(int64_t id, const ClientModel& st) {
+  ClientState s;
+  if (st.image.defined()) s["image"] = st.image;
+  if (st.text.defined()) s["text"] = st.text;
+  states_.put(id, s);
 }
 
 // CreamFL's local task: each client starts from its own persistent model, takes a pass over the
@@ -179,7 +186,7 @@ class CreamFlStrategy::Task : public LocalTask {
         u.diverged = true;
         return;
       }
-      ClientState st;
+      ClientModel st;
       if (new_img.defined()) {
         st.image = model.flat(Modality::kImage).cpu();
         u.up.reps["image"] = new_img;
@@ -188,7 +195,7 @@ class CreamFlStrategy::Task : public LocalTask {
         st.text = model.flat(Modality::kText).cpu();
         u.up.reps["text"] = new_txt;
       }
-      task.s_.keep_state(id, std::move(st));
+      task.s_.keep_state(id, st);
     }
 
     Task& task;
@@ -349,10 +356,7 @@ EvalResult CreamFlStrategy::evaluate() {
 void CreamFlStrategy::save(Checkpoint& ck) const {
   ck.tensors["image"] = server_.image->flat().cpu();
   ck.tensors["text"] = server_.text->flat().cpu();
-  for (const auto& [id, st] : states_) {
-    if (st.image.defined()) ck.tensors["client/" + std::to_string(id) + "/image"] = st.image;
-    if (st.text.defined()) ck.tensors["client/" + std::to_string(id) + "/text"] = st.text;
-  }
+  states_.save(ck);
 }
 
 void CreamFlStrategy::load(const Checkpoint& ck) {
@@ -360,18 +364,7 @@ void CreamFlStrategy::load(const Checkpoint& ck) {
              "checkpoint lacks the server's 'image' or 'text' tower");
   server_.image->load_flat(ck.tensors.at("image"));
   server_.text->load_flat(ck.tensors.at("text"));
-  states_.clear();
-  for (const auto& [name, t] : ck.tensors) {
-    if (name.rfind("client/", 0) != 0) continue;
-    const auto slash = name.find('/', 7);
-    MMFL_CHECK(slash != std::string::npos, "checkpoint tensor '", name,
-               "' is not client/<id>/<tower>");
-    const int64_t id = std::stoll(name.substr(7, slash - 7));
-    const std::string tower = name.substr(slash + 1);
-    MMFL_CHECK(tower == "image" || tower == "text", "checkpoint tensor '", name,
-               "': unknown tower");
-    (tower == "image" ? states_[id].image : states_[id].text) = t;
-  }
+  states_.load(ck);
 }
 
 nlohmann::json CreamFlStrategy::describe() const {
@@ -381,6 +374,7 @@ nlohmann::json CreamFlStrategy::describe() const {
   for (int k = 0; k < 3; ++k)
     j[std::string("client_") + kinds[k] + "_params"] = client_params_[size_t(k)];
   j["executor"] = executor_->name();
+  j["clients_with_state"] = states_.size();
   return j;
 }
 

@@ -18,6 +18,7 @@
 #include <memory>
 #include <mutex>
 
+#include "engine/state_store.h"
 #include "engine/strategy.h"
 
 namespace mmfl::engine {
@@ -39,13 +40,13 @@ class CreamFlStrategy : public Strategy {
 
  private:
   class Task;
-  struct ClientState {
+  struct ClientModel {
     torch::Tensor image, text;  // flat parameters (CPU), undefined if the modality is not held
   };
 
   // The client's persistent model (created on its first round from (seed, id) alone).
-  ClientState state_of(const ClientSpec& spec);
-  void keep_state(int64_t id, ClientState st);
+  ClientModel state_of(const ClientSpec& spec);
+  void keep_state(int64_t id, const ClientModel& st);
   double server_train(int64_t round);
   torch::Tensor features(Tower& tower, bool image);  // [N, D] of the public set, normalized
   void dump(int64_t round, const std::vector<Update>& reps, const torch::Tensor& g_img,
@@ -57,8 +58,7 @@ class CreamFlStrategy : public Strategy {
   GlobalModel server_;
   std::unique_ptr<Executor> executor_;
   std::array<int64_t, 3> client_params_{};  // parameters of a client of each kind
-  std::mutex states_mutex_;
-  std::map<int64_t, ClientState> states_;
+  ClientStateStore states_;                 // the clients' models ("image", "text")
   std::string run_dir_;
 };
 

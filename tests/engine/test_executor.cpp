@@ -184,11 +184,11 @@ TEST_F(Executors, CreamFlRoundSameWithEachExecutor) {
   ASSERT_EQ(seq.tensors.size(), bat.tensors.size());
   int clients = 0;
   for (const auto& [name, t] : seq.tensors) {
-    clients += name.rfind("client/", 0) == 0;
+    clients += name.rfind("state/", 0) == 0;
     EXPECT_TRUE(torch::equal(t, par.tensors.at(name))) << name;
     // Client models: the stacked arithmetic's rounding only; the server: through the ensemble
     // of the clients' features and a distillation pass, so a looser bound.
-    const double tol = name.rfind("client/", 0) == 0 ? 1e-4 : 1e-3;
+    const double tol = name.rfind("state/", 0) == 0 ? 1e-4 : 1e-3;
     const double err = (t - bat.tensors.at(name)).abs().max().item<double>();
     EXPECT_LT(err, tol) << name;
   }
@@ -243,6 +243,22 @@ TEST_F(ExecutorRuns, StopAndResumeExactWithSequentialAndBatched) {
         EXPECT_EQ(a[i], b[i]) << tag << " round " << i + 1;
     }
   }
+}
+
+// A state budget far below the clients' models forces spilling every round; the metrics are
+// those of the run without a budget, and the spill files are in the run directory.
+TEST_F(ExecutorRuns, SpillingStateGivesSameMetrics) {
+  const auto plain = small_run({"strategy.name=creamfl", "rounds=2"});
+  const auto tight = small_run({"strategy.name=creamfl", "rounds=2", "state.max_memory_gb=1e-5"});
+  run_experiment(plain, opts("plain"));
+  run_experiment(tight, opts("tight"));
+  const auto a = metrics((base_ / "plain").string()), b = metrics((base_ / "tight").string());
+  ASSERT_EQ(a.size(), 2u);
+  ASSERT_EQ(a, b);
+  int files = 0;
+  for (const auto& f : std::filesystem::directory_iterator(base_ / "tight" / "state"))
+    files += f.path().extension() == ".ckpt";
+  EXPECT_GT(files, 0);
 }
 
 // 100,000 clients: specs (resampled from the pool, 8 rows each), sampling and two rounds of a

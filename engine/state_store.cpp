@@ -1,0 +1,189 @@
+#include "engine/state_store.h"
+
+#include <filesystem>
+
+#include "mmfl/error.h"
+
+namespace mmfl::engine {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kPrefix = "state/";
+
+int64_t bytes_of(const ClientState& s) {
+  int64_t n = 0;
+  for (const auto& [name, t] : s)
+    n += t.numel() * int64_t(t.element_size());
+  return n;
+}
+
+// The spill file's header names its client, so a file renamed or copied over another client's
+// is refused rather than loaded as that client's state.
+std::string spill_tag(int64_t id) {
+  return "client-state/" + std::to_string(id);
+}
+
+}  // namespace
+
+ClientStateStore::ClientStateStore(int64_t budget_bytes, std::string spill_dir)
+    : budget_(budget_bytes), dir_(std::move(spill_dir)) {}
+
+std::string ClientStateStore::spill_path(int64_t id) const {
+  return (fs::path(dir_) / ("client_" + std::to_string(id) + ".ckpt")).string();
+}
+
+ClientState ClientStateStore::read_spill(int64_t id) const {
+  const auto path = spill_path(id);
+  const Checkpoint ck = load_checkpoint(path);  // refuses a damaged file, naming it
+  MMFL_CHECK(ck.config_hash == spill_tag(id), "client state file '", path, "' holds '",
+             ck.config_hash, "', not the state of client ", id);
+  return ClientState(ck.tensors.begin(), ck.tensors.end());
+}
+
+bool ClientStateStore::contains(int64_t id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return entries_.count(id) > 0;
+}
+
+void ClientStateStore::touch(Entry& e, int64_t id) {
+  lru_.erase(e.lru);
+  lru_.push_front(id);
+  e.lru = lru_.begin();
+}
+
+std::optional<ClientState> ClientStateStore::find(int64_t id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = entries_.find(id);
+  if (it == entries_.end()) return std::nullopt;
+  Entry& e = it->second;
+  if (!e.spilled) {
+    touch(e, id);
+    return e.state;
+  }
+  ClientState s = read_spill(id);
+  // Resident again: the file is kept until the entry is written again or spilled anew.
+  e.state = s;
+  e.spilled = false;
+  --spilled_;
+  resident_ += e.bytes;
+  lru_.push_front(id);
+  e.lru = lru_.begin();
+  enforce_budget();
+  return s;
+}
+
+void ClientStateStore::put(int64_t id, const ClientState& state) {
+  ClientState copy;
+  for (const auto& [name, t] : state) {
+    MMFL_CHECK(!name.empty(), "client ", id, ": a state tensor needs a name");
+    copy[name] = t.detach().to(torch::kCPU, torch::kFloat32).reshape({-1}).clone();
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = entries_.find(id);
+  if (it != entries_.end()) {
+    Entry& old = it->second;
+    if (old.spilled) {
+      --spilled_;
+    } else {
+      resident_ -= old.bytes;
+      lru_.erase(old.lru);
+    }
+    entries_.erase(it);
+  }
+  Entry e;
+  e.bytes = bytes_of(copy);
+  e.state = std::move(copy);
+  lru_.push_front(id);
+  e.lru = lru_.begin();
+  resident_ += e.bytes;
+  entries_.emplace(id, std::move(e));
+  enforce_budget();
+}
+
+void ClientStateStore::enforce_budget() {
+  if (budget_ <= 0) return;
+  while (resident_ > budget_ && !lru_.empty()) {
+    const int64_t victim = lru_.back();
+    Entry& e = entries_.at(victim);
+    if (!fs::exists(dir_)) fs::create_directories(dir_);
+    Checkpoint ck;
+    ck.config_hash = spill_tag(victim);
+    ck.tensors.insert(e.state.begin(), e.state.end());
+    save_checkpoint(spill_path(victim), ck);  // atomic: temp file, fsync, rename
+    lru_.pop_back();
+    resident_ -= e.bytes;
+    e.state.clear();
+    e.spilled = true;
+    ++spilled_;
+  }
+}
+
+int64_t ClientStateStore::size() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return int64_t(entries_.size());
+}
+
+int64_t ClientStateStore::resident_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return resident_;
+}
+
+int64_t ClientStateStore::spilled() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return spilled_;
+}
+
+std::vector<int64_t> ClientStateStore::ids() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<int64_t> out;
+  for (const auto& [id, e] : entries_)
+    out.push_back(id);
+  return out;
+}
+
+void ClientStateStore::save(Checkpoint& ck) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [id, e] : entries_) {
+    const ClientState s = e.spilled ? read_spill(id) : e.state;
+    for (const auto& [name, t] : s)
+      ck.tensors[kPrefix + std::to_string(id) + "/" + name] = t;
+  }
+}
+
+void ClientStateStore::load(const Checkpoint& ck) {
+  std::map<int64_t, ClientState> parsed;
+  for (const auto& [name, t] : ck.tensors) {
+    if (name.rfind(kPrefix, 0) != 0) continue;
+    const size_t start = std::char_traits<char>::length(kPrefix);
+    const size_t slash = name.find('/', start);
+    MMFL_CHECK(slash != std::string::npos && slash > start && slash + 1 < name.size(),
+               "checkpoint tensor '", name, "' is not state/<client id>/<name>");
+    int64_t id = 0;
+    try {
+      size_t used = 0;
+      id = std::stoll(name.substr(start, slash - start), &used);
+      MMFL_CHECK(used == slash - start && id >= 0, "bad id");
+    } catch (const std::exception&) {
+      MMFL_FAIL("checkpoint tensor '", name, "': '", name.substr(start, slash - start),
+                "' is not a client id");
+    }
+    parsed[id][name.substr(slash + 1)] = t;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    entries_.clear();
+    lru_.clear();
+    resident_ = spilled_ = 0;
+    // Spill files of the run being resumed may be newer than the checkpoint: never read them.
+    std::error_code ec;
+    if (fs::is_directory(dir_, ec))
+      for (const auto& f : fs::directory_iterator(dir_))
+        if (f.path().filename().string().rfind("client_", 0) == 0) fs::remove(f.path(), ec);
+  }
+  for (const auto& [id, s] : parsed)
+    put(id, s);
+}
+
+}  // namespace mmfl::engine

@@ -1,0 +1,136 @@
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "engine/state_store.h"
+#include "mmfl/error.h"
+
+namespace mmfl::engine {
+namespace {
+
+namespace fs = std::filesystem;
+
+class StateStore : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("mmfl_state_" +
+            std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
+    fs::remove_all(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  static ClientState state(int64_t id, int64_t n) {
+    return {{"image", torch::arange(n, torch::kFloat32) + float(id)},
+            {"residual/a", torch::full({3}, float(-id))}};
+  }
+  static void expect_equal(const ClientState& a, const ClientState& b) {
+    ASSERT_EQ(a.size(), b.size());
+    for (const auto& [k, t] : a)
+      EXPECT_TRUE(torch::equal(t, b.at(k))) << k;
+  }
+  fs::path dir_;
+};
+
+TEST_F(StateStore, RoundTripWithoutBudget) {
+  ClientStateStore s(0, dir_.string());
+  s.put(7, state(7, 10));
+  EXPECT_TRUE(s.contains(7));
+  EXPECT_FALSE(s.find(8).has_value());
+  expect_equal(*s.find(7), state(7, 10));
+  EXPECT_EQ(s.resident_bytes(), 13 * 4);
+  EXPECT_EQ(s.spilled(), 0);
+  EXPECT_FALSE(fs::exists(dir_));
+}
+
+TEST_F(StateStore, BudgetSpillsLeastRecentlyUsedAndReloadsExactly) {
+  // Each entry holds 13 floats = 52 bytes; a budget of 120 keeps two resident.
+  ClientStateStore s(120, dir_.string());
+  for (int64_t id = 0; id < 5; ++id)
+    s.put(id, state(id, 10));
+  EXPECT_EQ(s.spilled(), 3);
+  EXPECT_LE(s.resident_bytes(), 120);
+  for (int64_t id : {0, 1, 2})
+    EXPECT_TRUE(fs::exists(dir_ / ("client_" + std::to_string(id) + ".ckpt"))) << id;
+  // Touch 3: it becomes most recent, so reading 0 back spills 4, not 3.
+  s.find(3);
+  expect_equal(*s.find(0), state(0, 10));
+  EXPECT_EQ(s.spilled(), 3);
+  EXPECT_TRUE(fs::exists(dir_ / "client_4.ckpt"));
+  for (int64_t id = 0; id < 5; ++id)
+    expect_equal(*s.find(id), state(id, 10));
+  EXPECT_EQ(s.size(), 5);
+}
+
+TEST_F(StateStore, DamagedSpillFileIsRefusedNamingIt) {
+  ClientStateStore s(60, dir_.string());
+  s.put(1, state(1, 10));
+  s.put(2, state(2, 10));
+  const auto f = dir_ / "client_1.ckpt";
+  ASSERT_TRUE(fs::exists(f));
+  {
+    std::fstream io(f, std::ios::in | std::ios::out | std::ios::binary);
+    io.seekp(-6, std::ios::end);
+    io.put('\x5a');
+  }
+  try {
+    s.find(1);
+    FAIL() << "a damaged spill file was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(e.reason().find("client_1.ckpt"), std::string::npos) << e.reason();
+  }
+}
+
+TEST_F(StateStore, SaveLoadRoundTripsSpilledEntriesAndDropsStaleFiles) {
+  ClientStateStore a(120, dir_.string());
+  for (int64_t id = 0; id < 6; ++id)
+    a.put(id * 10, state(id, 10));
+  Checkpoint ck;
+  a.save(ck);
+  EXPECT_EQ(ck.tensors.size(), 12u);
+  EXPECT_TRUE(ck.tensors.count("state/50/residual/a"));
+  // A later write (as after the checkpoint, before a crash) must not survive a load.
+  a.put(0, state(99, 10));
+  ClientStateStore b(120, dir_.string());
+  b.load(ck);
+  EXPECT_EQ(b.size(), 6);
+  for (int64_t id = 0; id < 6; ++id)
+    expect_equal(*b.find(id * 10), state(id, 10));
+  Checkpoint bad;
+  bad.tensors["state/x1/image"] = torch::zeros({1});
+  EXPECT_THROW(b.load(bad), Error);
+}
+
+TEST_F(StateStore, ConcurrentPutAndFind) {
+  ClientStateStore s(500, dir_.string());
+  std::vector<std::thread> th;
+  for (int w = 0; w < 4; ++w)
+    th.emplace_back([&, w] {
+      for (int64_t i = 0; i < 50; ++i) {
+        const int64_t id = w * 1000 + i;
+        s.put(id, state(id, 10));
+        const auto got = s.find(id);
+        ASSERT_TRUE(got.has_value());
+        EXPECT_TRUE(torch::equal(got->at("image"), state(id, 10).at("image")));
+      }
+    });
+  for (auto& t : th)
+    t.join();
+  EXPECT_EQ(s.size(), 200);
+  for (int64_t id : {0, 1049, 3020})
+    expect_equal(*s.find(id), state(id, 10));
+}
+
+TEST_F(StateStore, HundredThousandSmallEntries) {
+  ClientStateStore s(0, dir_.string());
+  for (int64_t id = 0; id < 100000; ++id)
+    s.put(id, {{"r", torch::full({4}, float(id))}});
+  EXPECT_EQ(s.size(), 100000);
+  EXPECT_EQ(s.resident_bytes(), 100000 * 16);
+  EXPECT_EQ(s.find(99999)->at("r")[3].item<float>(), 99999.0f);
+}
+
+}  // namespace
+}  // namespace mmfl::engine
