@@ -31,7 +31,6 @@ class StackedTower {
                int64_t clients, const torch::Device& dev)
       : kind_(kind), depth_(depth), pool_(std::move(pool)), clients_(clients) {
     for (const auto& p : tmpl.parameters()) {
-      shapes_.push_back(p.sizes().vec());
       numels_.push_back(p.numel());
       std::vector<int64_t> s = {clients};
       s.insert(s.end(), p.sizes().begin(), p.sizes().end());
@@ -120,7 +119,6 @@ class StackedTower {
   int64_t depth_;
   std::vector<bool> pool_;  // cnn: whether conv block i is followed by a 2x2 max-pool
   int64_t clients_;
-  std::vector<std::vector<int64_t>> shapes_;
   std::vector<int64_t> numels_;
   std::vector<torch::Tensor> params_;
 };
@@ -183,7 +181,7 @@ class StackedOptimizer {
       p.mutable_grad().reset();
   }
 
-  // active: [C] bool on the parameters' device; n_active: how many are true.
+  // active: [C] bool on the parameters' device; active_host: the same on the host.
   void step(const torch::Tensor& active, const std::vector<bool>& active_host) {
     torch::NoGradGuard no_grad;
     const int64_t c = int64_t(steps_.size());
@@ -414,10 +412,7 @@ class BatchedExecutor : public Executor {
       opt.zero_grad();
       losses.sum().backward();
       std::vector<uint8_t> a8(act.begin(), act.end());
-      const auto active = torch::tensor(std::vector<int64_t>(a8.begin(), a8.end()),
-                                        torch::TensorOptions().dtype(torch::kInt64))
-                              .to(torch::kBool)
-                              .to(dev);
+      const auto active = torch::from_blob(a8.data(), {c}, torch::kUInt8).to(torch::kBool).to(dev);
       opt.step(active, act);
       loss_sum += losses.detach();
       for (size_t i = 0; i < act.size(); ++i)
