@@ -9,7 +9,8 @@ rounds/s (rounds without evaluation), peak resident memory, and the wall time un
 accuracy first reaches the target (evaluation time included).
 
   .venv/bin/python bench/cross_device.py [--rounds 40] [--executors sequential,parallel,batched]
-                                         [--torch-threads 2,1] [--json FILE]
+                                         [--torch-threads 2,1] [--device cpu|cuda] [--json FILE]
+  GPU: python3 bench/cross_device.py --device cuda --executors sequential,batched --torch-threads 16
 """
 import argparse
 import gzip
@@ -36,7 +37,7 @@ def read_idx(path):
     return dims, data[4 + 4 * ndim:]
 
 
-def torch_simulator(args, threads):
+def torch_simulator(args, threads, device="cpu"):
     """Plain PyTorch: 1,000 IID clients of 50 images, 50 per round, batch 10, 1 epoch, SGD 0.05."""
     import resource
     import torch
@@ -55,7 +56,8 @@ def torch_simulator(args, threads):
     _, raw = read_idx(os.path.join(root, "t10k-labels-idx1-ubyte.gz"))
     test_y = torch.frombuffer(bytearray(raw), dtype=torch.uint8).long()
     mean, std = images.mean(), images.std()
-    images, test_x = (images - mean) / std, (test_x - mean) / std
+    images, test_x = ((images - mean) / std).to(device), ((test_x - mean) / std).to(device)
+    labels, test_y = labels.to(device), test_y.to(device)
 
     rng = random.Random(1)
     perm = list(range(images.shape[0]))
@@ -64,7 +66,7 @@ def torch_simulator(args, threads):
 
     model = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                           nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                          nn.Flatten(), nn.Linear(64 * 7 * 7, 512), nn.Linear(512, 10))
+                          nn.Flatten(), nn.Linear(64 * 7 * 7, 512), nn.Linear(512, 10)).to(device)
     global_w = [p.detach().clone() for p in model.parameters()]
     times, accs = [], {}
     for r in range(1, args.rounds + 1):
@@ -79,7 +81,7 @@ def torch_simulator(args, threads):
             idx = clients[c][:]
             rng.shuffle(idx)
             for b in range(0, len(idx), 10):
-                rows = torch.tensor(idx[b:b + 10])
+                rows = torch.tensor(idx[b:b + 10], device=device)
                 loss = F.cross_entropy(model(images[rows]), labels[rows])
                 opt.zero_grad()
                 loss.backward()
@@ -97,8 +99,13 @@ def torch_simulator(args, threads):
                               for i in range(0, 10000, 1000))
             accs[r] = correct / 10000
         times.append((time.perf_counter() - t0, evaluated))
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return summarize(f"plain PyTorch, {threads} intra-op thread(s)", times, accs, peak_kb, args)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        peak_kb = torch.cuda.max_memory_allocated() // 1024
+    else:
+        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return summarize(f"plain PyTorch ({device}), {threads} intra-op thread(s)", times, accs,
+                     peak_kb, args)
 
 
 def summarize(name, times, accs, peak_kb, args):
@@ -119,7 +126,7 @@ def summarize(name, times, accs, peak_kb, args):
 def run_mmfl(args, executor):
     out = tempfile.mkdtemp(prefix=f"mmfl_xdev_{executor}_")
     shutil.rmtree(out)
-    cmd = [args.mmfl, "run", CONFIG, "--out", out, "--device", "cpu", "--quiet",
+    cmd = [args.mmfl, "run", CONFIG, "--out", out, "--device", args.device, "--quiet",
            "--set", f"rounds={args.rounds}", "--set", f"executor.kind={executor}",
            "--set", f"data.root={args.data_root}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -135,7 +142,8 @@ def run_mmfl(args, executor):
             if "image_acc" in m:
                 accs[m["round"]] = m["image_acc"]
     shutil.rmtree(out, ignore_errors=True)
-    return summarize(f"mmfl {executor}", times, accs, usage.ru_maxrss, args)
+    # Peak host memory of the process (on a GPU, device memory is not included).
+    return summarize(f"mmfl {executor} ({args.device})", times, accs, usage.ru_maxrss, args)
 
 
 def main():
@@ -147,6 +155,8 @@ def main():
     ap.add_argument("--mmfl", default=os.path.join(ROOT, "build", "mmfl"))
     ap.add_argument("--data-root", default=os.environ.get("MMFL_DATA_ROOT",
                                                           "/usr/share/datasets/fashion-mnist"))
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="where mmfl trains (the PyTorch rows run on the same device)")
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args()
     if not os.path.exists(args.mmfl):
@@ -157,7 +167,8 @@ def main():
         # A child process per row: peak memory and thread settings of one row only.
         r = subprocess.run([sys.executable, __file__, "--_torch-row", str(t), "--rounds",
                             str(args.rounds), "--target", str(args.target), "--data-root",
-                            args.data_root], capture_output=True, text=True)
+                            args.data_root, "--device", args.device], capture_output=True,
+                           text=True)
         if r.returncode != 0:
             sys.exit(f"cross_device: the PyTorch simulator failed:\n{r.stderr}")
         rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
@@ -188,7 +199,8 @@ if __name__ == "__main__":
         ap.add_argument("--rounds", type=int)
         ap.add_argument("--target", type=float)
         ap.add_argument("--data-root")
+        ap.add_argument("--device", default="cpu")
         a = ap.parse_args(sys.argv[3:])
-        print(json.dumps(torch_simulator(a, threads)))
+        print(json.dumps(torch_simulator(a, threads, a.device)))
     else:
         main()
