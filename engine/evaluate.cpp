@@ -20,12 +20,13 @@ double accuracy(Tower& tower, const torch::Tensor& feats, const torch::Tensor& l
   return tower.logits(feats).argmax(1).eq(labels).to(torch::kFloat64).mean().item<double>();
 }
 
-// Every row the same vector (up to rounding): the tower maps all inputs to one point.
+// Every row the same direction (up to rounding): the tower maps all inputs to one point of the
+// unit sphere, so retrieval by cosine similarity cannot tell any two inputs apart.
 bool collapsed(const torch::Tensor& feats) {
   if (feats.size(0) < 2) return false;
-  const double spread = (feats - feats[0]).abs().max().item<double>();
-  const double scale = feats.abs().max().item<double>();
-  return spread <= 1e-6 * std::max(1.0, scale);
+  namespace F = torch::nn::functional;
+  const auto unit = F::normalize(feats.to(torch::kFloat64), F::NormalizeFuncOptions().dim(1));
+  return (unit - unit[0]).abs().max().item<double>() <= 1e-4;
 }
 
 }  // namespace

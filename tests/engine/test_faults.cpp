@@ -87,13 +87,14 @@ TEST_F(Faults, FedAvgDivergenceStopsTheRun) {
   EXPECT_EQ(std::adjacent_find(skipped.begin(), skipped.end()), skipped.end());
 }
 
-// Item 2: CreamFL with creamfl.server_lr at its maximum collapses or blows up the server model;
-// the run stops naming creamfl.server_lr (it ended with exit 0).
+// Item 2 (CreamFL): creamfl.server_lr at its maximum stops the run naming the key. In this tiny
+// federation CreamFL's own distillation check fires first (it did before issue 10 too); the
+// generic checks in the round loop cover the cases it does not see.
 TEST_F(Faults, CreamFlServerDivergenceStopsTheRun) {
   const auto msg = error_of([&] {
     run_experiment(tiny({"strategy.name=creamfl", "creamfl.server_lr=100"}), opts("run"));
   });
-  EXPECT_NE(msg.find("creamfl.server_lr (now 100)"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("creamfl.server_lr"), std::string::npos) << msg;
 }
 
 // Item 3: on resume, metrics.jsonl is reconciled with the checkpoint: rows after it are
