@@ -75,7 +75,12 @@ class Section {
   void finish() const {
     if (!node_.IsMap()) return;
     for (const auto& kv : node_) {
-      const std::string k = kv.first.as<std::string>();
+      // A complex key (`? {a: b}`, `[x]: 1`) names nothing mmfl reads (fuzz_config found that it
+      // escaped as yaml-cpp's conversion error, an "internal error").
+      MMFL_CHECK(kv.first.IsScalar(), "config",
+                 path_.empty() ? std::string() : " section '" + path_ + "'",
+                 " has a key that is not a plain name at line ", kv.first.Mark().line + 1);
+      const std::string k = kv.first.Scalar();
       if (std::find(keys_.begin(), keys_.end(), k) == keys_.end()) {
         MMFL_FAIL("unknown config key '", full(k), "'; allowed keys",
                   path_.empty() ? "" : " in '" + path_ + "'", ": ", join(keys_));

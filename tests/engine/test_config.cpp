@@ -112,6 +112,18 @@ TEST(Config, NotOneMappingIsAnError) {
   EXPECT_NE(list.find("must be a YAML mapping"), std::string::npos) << list;
 }
 
+// Found by fuzz_config: a complex (non-scalar) key escaped as yaml-cpp's conversion error, which
+// the CLI reports as an internal error with exit 1.
+TEST(Config, ComplexKeyIsAnError) {
+  const auto top = error_of("rounds: 3\n? [a, b]\n: 1\n");
+  EXPECT_NE(top.find("config has a key that is not a plain name at line 2"), std::string::npos)
+      << top;
+  const auto sec = error_of("model:\n  ? {embed_dim: 64}\n  : 1\n");
+  EXPECT_NE(sec.find("section 'model' has a key that is not a plain name at line 2"),
+            std::string::npos)
+      << sec;
+}
+
 // Issue 10 item 4: a config path that is a device is refused before it is read (reading
 // /dev/zero used to grow memory without bound); an absurdly large file is refused by size.
 TEST(Config, UnboundedInputsAreRefusedFirst) {

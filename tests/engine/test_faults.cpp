@@ -113,7 +113,10 @@ TEST_F(Faults, ResumeReconcilesMetrics) {
   const auto msg = error_of([&] { resume_experiment(o.out_dir, opts("x")); });
   EXPECT_NE(msg.find("round 2 but round 1 was expected"), std::string::npos) << msg;
   // A row after the checkpoint (a crash between the row and the checkpoint) is dropped.
-  std::ofstream(path, std::ios::trunc) << row1 << "\n" << row2 << "\n" << row2 << "\n";
+  std::ofstream(path, std::ios::trunc) << row1 << "\n"
+                                       << row2 << "\n"
+                                       << R"({"round": 3})"
+                                       << "\n";
   const auto s = resume_experiment(o.out_dir, opts("x"));
   EXPECT_TRUE(s.finished);
   const auto m = metrics(o.out_dir);
