@@ -88,7 +88,7 @@ fuzz: deps venv
 	    -timeout=10 -rss_limit_mb=3072 -print_final_stats=1 -artifact_prefix=build-fuzz/$$t- \
 	    $$( [ $$t = config ] && echo -timeout_exitcode=0 ) \
 	    2> build-fuzz/$$t.log || { tail -40 build-fuzz/$$t.log; exit 1; }; \
-	  grep -E "stat::number_of_executed_runs|stat::peak_rss_mb" build-fuzz/$$t.log; \
+	  grep -E "stat::number_of_executed_units|stat::peak_rss_mb" build-fuzz/$$t.log; \
 	done
 
 bench: build
