@@ -1,12 +1,13 @@
 // Checkpoints: the round reached and named fp32 tensors, in a small self-checking binary format
-// (magic, version, JSON header, raw data, CRC-32), written atomically (temp file, fsync,
-// rename), so a crash mid-write never leaves a checkpoint that looks valid.
+// (engine/checkpoint_format.h), written atomically (temp file, fsync, rename), so a crash or a
+// full disk mid-write never leaves a checkpoint that looks valid.
 #pragma once
 
 #include <torch/types.h>
 
 #include <map>
 #include <string>
+#include <vector>
 
 namespace mmfl::engine {
 
@@ -14,6 +15,8 @@ struct Checkpoint {
   int64_t round = 0;        // rounds completed
   std::string config_hash;  // of the resolved config, so a resume cannot mix experiments
   std::map<std::string, torch::Tensor> tensors;  // CPU fp32, 1-D
+  // Shape each tensor had when saved (load_checkpoint fills it; save_checkpoint reads sizes()).
+  std::map<std::string, std::vector<int64_t>> shapes;
 };
 
 void save_checkpoint(const std::string& path, const Checkpoint& ckpt);

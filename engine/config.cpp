@@ -4,10 +4,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
 #include <sstream>
 
 #include "mmfl/error.h"
+#include "modalities/file_io.h"
 
 namespace mmfl::engine {
 
@@ -75,7 +75,12 @@ class Section {
   void finish() const {
     if (!node_.IsMap()) return;
     for (const auto& kv : node_) {
-      const std::string k = kv.first.as<std::string>();
+      // A complex key (`? {a: b}`, `[x]: 1`) names nothing mmfl reads (fuzz_config found that it
+      // escaped as yaml-cpp's conversion error, an "internal error").
+      MMFL_CHECK(kv.first.IsScalar(), "config",
+                 path_.empty() ? std::string() : " section '" + path_ + "'",
+                 " has a key that is not a plain name at line ", kv.first.Mark().line + 1);
+      const std::string k = kv.first.Scalar();
       if (std::find(keys_.begin(), keys_.end(), k) == keys_.end()) {
         MMFL_FAIL("unknown config key '", full(k), "'; allowed keys",
                   path_.empty() ? "" : " in '" + path_ + "'", ": ", join(keys_));
@@ -128,12 +133,16 @@ void apply_override(YAML::Node& root, const std::string& assignment) {
     MMFL_CHECK(next.IsMap(), "--set '", assignment, "': '", parts[i], "' is not a section");
     chain.push_back(next);
   }
+  MMFL_CHECK(!value.empty(), "--set '", assignment, "': empty value for '", path,
+             "'; give a value (for example --set ", path, "=...) or drop the --set");
   YAML::Node parsed;
   try {
     parsed = YAML::Load(value);
   } catch (const YAML::Exception& e) {
     MMFL_FAIL("--set '", assignment, "': cannot parse the value: ", e.msg);
   }
+  MMFL_CHECK(parsed.IsDefined() && !parsed.IsNull(), "--set '", assignment, "': the value of '",
+             path, "' is null; give a value or drop the --set to keep the default");
   chain.back()[parts.back()] = parsed;
 }
 
@@ -406,27 +415,56 @@ Config parse_config(const YAML::Node& root, const std::string& origin) {
   return c;
 }
 
+namespace {
+
+// yaml-cpp keeps a duplicated key twice in a mapping and answers lookups with the first; mmfl
+// refuses it, naming the key path and the line of the second occurrence.
+void check_duplicate_keys(const YAML::Node& node, const std::string& path) {
+  if (node.IsSequence()) {
+    for (size_t i = 0; i < node.size(); ++i)
+      check_duplicate_keys(node[i], path + "[" + std::to_string(i) + "]");
+    return;
+  }
+  if (!node.IsMap()) return;
+  std::vector<std::string> seen;
+  for (const auto& kv : node) {
+    const std::string k = kv.first.IsScalar() ? kv.first.Scalar() : "<complex key>";
+    const std::string full = path.empty() ? k : path + "." + k;
+    MMFL_CHECK(std::find(seen.begin(), seen.end(), k) == seen.end(), "config key '", full,
+               "' appears twice (again at line ", kv.first.Mark().line + 1, "); keep one of them");
+    seen.push_back(k);
+    check_duplicate_keys(kv.second, full);
+  }
+}
+
+}  // namespace
+
 Config parse_config_text(const std::string& yaml, const std::vector<std::string>& overrides) {
-  YAML::Node root;
+  std::vector<YAML::Node> docs;
   try {
-    root = YAML::Load(yaml);
+    docs = YAML::LoadAll(yaml);
   } catch (const YAML::Exception& e) {
     MMFL_FAIL("config: YAML syntax error at line ", e.mark.line + 1, ", column ", e.mark.column + 1,
               ": ", e.msg);
   }
-  if (!root.IsDefined() || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+  MMFL_CHECK(docs.size() <= 1, "config holds ", docs.size(),
+             " YAML documents (separated by '---'); an experiment is one mapping in one document");
+  MMFL_CHECK(!docs.empty() && docs[0].IsDefined() && !docs[0].IsNull(),
+             "config is empty; an experiment is a YAML mapping such as 'name: my-run' (every "
+             "key has a default, see configs/quickstart.yaml)");
+  YAML::Node root = docs[0];
+  MMFL_CHECK(root.IsMap(), "config must be a YAML mapping of keys to values at the top level");
+  check_duplicate_keys(root, "");
   for (const auto& o : overrides)
     apply_override(root, o);
   return parse_config(root, "<text>");
 }
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
-  std::ifstream in(path);
-  MMFL_CHECK(in.good(), "cannot open config file '", path, "'");
-  std::stringstream ss;
-  ss << in.rdbuf();
+  // Real configs are a few kB; 1 MiB bounds the read before anything is allocated.
+  const std::string text = modalities::read_regular_file(path, uint64_t(1) << 20, "config file");
   try {
-    return parse_config_text(ss.str(), overrides);
+    return parse_config_text(text, overrides);
   } catch (const Error& e) {
     throw Error(path + ": " + e.reason(), __FILE__, __LINE__);
   }

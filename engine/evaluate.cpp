@@ -2,6 +2,8 @@
 
 #include <torch/nn/functional/normalization.h>
 
+#include <algorithm>
+
 namespace mmfl::engine {
 
 torch::Tensor batched_features(Tower& tower, const torch::Tensor& x, int64_t batch) {
@@ -18,15 +20,25 @@ double accuracy(Tower& tower, const torch::Tensor& feats, const torch::Tensor& l
   return tower.logits(feats).argmax(1).eq(labels).to(torch::kFloat64).mean().item<double>();
 }
 
+// Every row the same direction (up to rounding): the tower maps all inputs to one point of the
+// unit sphere, so retrieval by cosine similarity cannot tell any two inputs apart.
+bool collapsed(const torch::Tensor& feats) {
+  if (feats.size(0) < 2) return false;
+  namespace F = torch::nn::functional;
+  const auto unit = F::normalize(feats.to(torch::kFloat64), F::NormalizeFuncOptions().dim(1));
+  return (unit - unit[0]).abs().max().item<double>() <= 1e-4;
+}
+
 }  // namespace
 
 void recall_at(const torch::Tensor& sim, double out[3]) {
-  // Rank of the matching item = how many items score strictly higher than it.
+  // Rank of the matching item = how many other items score at least as high as it.
   const auto diag = sim.diagonal().unsqueeze(1);
-  const auto rank = sim.gt(diag).sum(1);
+  const auto rank = sim.ge(diag).sum(1) - 1;  // the match itself is >= itself (unless NaN)
+  const auto valid = sim.diagonal().isnan().logical_not();
   const int64_t ks[3] = {1, 5, 10};
   for (int i = 0; i < 3; ++i)
-    out[i] = rank.lt(ks[i]).to(torch::kFloat64).mean().item<double>();
+    out[i] = rank.lt(ks[i]).logical_and(valid).to(torch::kFloat64).mean().item<double>();
 }
 
 EvalResult evaluate(GlobalModel& model, const FederatedData& data, int64_t batch_size) {
@@ -38,6 +50,8 @@ EvalResult evaluate(GlobalModel& model, const FederatedData& data, int64_t batch
   const auto ft = batched_features(*model.text, data.test.tokens, batch_size);
   r.image_acc = accuracy(*model.image, fi, data.test.labels);
   r.text_acc = accuracy(*model.text, ft, data.test.labels);
+  r.finite = torch::isfinite(fi).all().item<bool>() && torch::isfinite(ft).all().item<bool>();
+  r.collapsed = r.finite && (collapsed(fi) || collapsed(ft));
   namespace F = torch::nn::functional;
   const auto opts = F::NormalizeFuncOptions().dim(1);
   const auto ri = F::normalize(fi.index_select(0, data.retrieval), opts);

@@ -12,6 +12,11 @@ struct EvalResult {
   double text_acc = 0;
   double i2t[3] = {0, 0, 0};  // R@1, R@5, R@10
   double t2i[3] = {0, 0, 0};
+  // Health of the evaluated model's features on the test split: a model whose features hold
+  // NaN/Inf, or are one vector for every input, has diverged or collapsed; its recall means
+  // nothing, and the run loop stops with an error naming the keys to change.
+  bool finite = true;
+  bool collapsed = false;
 };
 
 EvalResult evaluate(GlobalModel& model, const FederatedData& data, int64_t batch_size);
@@ -19,7 +24,9 @@ EvalResult evaluate(GlobalModel& model, const FederatedData& data, int64_t batch
 // Features [N, D] of all rows of `x`, in batches of `batch`, without gradients.
 torch::Tensor batched_features(Tower& tower, const torch::Tensor& x, int64_t batch);
 
-// Recall@{1,5,10} of row i retrieving column i in `sim` [R, R].
+// Recall@{1,5,10} of row i retrieving column i in `sim` [R, R]. The rank of the match counts
+// every other column scoring at least as high (ties count against the query), and a NaN match
+// score is never a hit, so a collapsed or diverged model cannot score above chance.
 void recall_at(const torch::Tensor& sim, double out[3]);
 
 }  // namespace mmfl::engine

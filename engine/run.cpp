@@ -3,9 +3,16 @@
 #include <torch/cuda.h>
 #include <torch/utils.h>
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
@@ -14,10 +21,12 @@
 #include <sstream>
 
 #include "engine/checkpoint.h"
+#include "engine/checkpoint_format.h"
 #include "engine/data.h"
 #include "engine/population.h"
 #include "engine/strategy.h"
 #include "mmfl/error.h"
+#include "modalities/file_io.h"
 
 namespace mmfl::engine {
 
@@ -26,9 +35,54 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
+// The signal (SIGINT or SIGTERM) that asked the run to stop after the current round, or 0.
 volatile std::sig_atomic_t g_interrupted = 0;
-void on_sigint(int) {
-  g_interrupted = 1;
+void on_stop_signal(int sig) {
+  g_interrupted = sig;
+}
+
+// Holds an exclusive flock on <run dir>/.lock for the life of the process's work on the run, so
+// two processes never write one run directory; the holder's pid is written into the file.
+class RunLock {
+ public:
+  explicit RunLock(const fs::path& dir) : path_((dir / ".lock").string()) {
+    fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ < 0) {
+      const int err = errno;
+      MMFL_FAIL("cannot create the lock file '", path_, "': ", std::strerror(err));
+    }
+    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      char buf[32] = {0};
+      const ssize_t n = ::pread(fd_, buf, sizeof(buf) - 1, 0);
+      ::close(fd_);
+      fd_ = -1;
+      const std::string pid = n > 0 ? std::string(buf, size_t(n)) : "unknown";
+      MMFL_FAIL("run directory '", dir.string(), "' is in use by process ",
+                pid.substr(0, pid.find('\n')), " (it holds '", path_,
+                "'); wait for it to finish or stop it first");
+    }
+    const std::string me = std::to_string(::getpid()) + "\n";
+    if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, me.data(), me.size(), 0) != ssize_t(me.size())) {
+      const int err = errno;
+      MMFL_FAIL("cannot write the lock file '", path_, "': ", std::strerror(err));
+    }
+  }
+  ~RunLock() {
+    if (fd_ >= 0) ::close(fd_);  // closing releases the flock
+  }
+  RunLock(const RunLock&) = delete;
+  RunLock& operator=(const RunLock&) = delete;
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+};
+
+void create_dir(const fs::path& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  MMFL_CHECK(!ec, "cannot create the run directory '", dir.string(), "': ", ec.message(),
+             "; choose another --out");
 }
 
 torch::Device pick_device(DeviceChoice choice) {
@@ -53,24 +107,45 @@ std::string ckpt_name(int64_t round) {
   return buf;
 }
 
-// Latest checkpoint file in `dir` by round number, or empty.
-std::string latest_checkpoint(const fs::path& dir) {
-  std::string best;
-  if (!fs::is_directory(dir)) return best;
+// The checkpoint files in `dir` (exactly round_NNNNNN.ckpt), ascending by round.
+std::vector<std::pair<int64_t, std::string>> checkpoints_in(const fs::path& dir) {
+  std::vector<std::pair<int64_t, std::string>> out;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return out;
   for (const auto& e : fs::directory_iterator(dir)) {
-    const auto name = e.path().filename().string();
-    if (name.rfind("round_", 0) == 0 && e.path().extension() == ".ckpt" && name > best) best = name;
+    const int64_t r = checkpoint_round_from_name(e.path().filename().string());
+    if (r >= 0 && e.is_regular_file()) out.emplace_back(r, e.path().string());
   }
-  return best.empty() ? best : (dir / best).string();
+  std::sort(out.begin(), out.end());
+  return out;
 }
 
 void prune_checkpoints(const fs::path& dir, int64_t keep) {
-  std::vector<std::string> names;
-  for (const auto& e : fs::directory_iterator(dir))
-    if (e.path().extension() == ".ckpt") names.push_back(e.path().string());
-  std::sort(names.begin(), names.end());
-  for (size_t i = 0; i + size_t(keep) < names.size(); ++i)
-    fs::remove(names[i]);
+  const auto all = checkpoints_in(dir);
+  for (size_t i = 0; i + size_t(keep) < all.size(); ++i)
+    fs::remove(all[i].second);
+}
+
+// Writes all of `line` to the append-only metrics file, checking each call (a full disk is an
+// error, never a silently missing row).
+void append_checked(int fd, const std::string& line, const fs::path& path) {
+  size_t done = 0;
+  while (done < line.size()) {
+    const ssize_t n = ::write(fd, line.data() + done, line.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int err = n < 0 ? errno : ENOSPC;
+      MMFL_FAIL("cannot write '", path.string(), "': ", std::strerror(err));
+    }
+    done += size_t(n);
+  }
+}
+
+// Client ids once each, ascending (a paired client dropped for both towers is one client).
+std::vector<int64_t> unique_ids(std::vector<int64_t> ids) {
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  return ids;
 }
 
 std::string fmt(const char* f, double v) {
@@ -87,7 +162,7 @@ class Experiment {
   RunSummary run(bool resume) {
     const auto t_start = Clock::now();
     const auto device = pick_device(opts_.device.value_or(cfg_.device));
-    fs::create_directories(dir_ / "checkpoints");
+    create_dir(dir_ / "checkpoints");
     const std::string config_hash = fnv1a_hex(cfg_.resolved_yaml);
     if (!resume) write_file_atomic((dir_ / "config.yaml").string(), cfg_.resolved_yaml);
 
@@ -113,34 +188,33 @@ class Experiment {
     int64_t start = 0;
     const auto metrics_path = dir_ / "metrics.jsonl";
     if (resume) {
-      const std::string ck_path = latest_checkpoint(dir_ / "checkpoints");
-      if (!ck_path.empty()) {
-        const auto ck = load_checkpoint(ck_path);
-        MMFL_CHECK(ck.config_hash == config_hash, "checkpoint '", ck_path,
-                   "' belongs to another "
-                   "config (hash ",
-                   ck.config_hash, ", config.yaml hashes to ", config_hash,
-                   "); was config.yaml edited?");
-        try {
-          strategy->load(ck);
-        } catch (const Error& e) {
-          MMFL_FAIL("checkpoint '", ck_path, "': ", e.reason());
-        }
-        start = ck.round;
-        log("mmfl: resuming after round " + std::to_string(start) + " from " + ck_path);
-      } else {
-        log("mmfl: no checkpoint in " + (dir_ / "checkpoints").string() + "; starting at round 1");
-      }
-      truncate_metrics(metrics_path, start);
+      start = load_resume_checkpoint(*strategy, config_hash);
+      reconcile_metrics(metrics_path, start);
     }
 
     RunSummary sum;
     sum.run_dir = dir_.string();
     std::copy_n(data.oracle_recall, 3, sum.oracle_recall);
     g_interrupted = 0;
-    auto old_handler = std::signal(SIGINT, on_sigint);
-    std::ofstream metrics(metrics_path, std::ios::app);
-    MMFL_CHECK(metrics.good(), "cannot write '", metrics_path.string(), "'");
+    auto old_int = std::signal(SIGINT, on_stop_signal);
+    auto old_term = std::signal(SIGTERM, on_stop_signal);
+    struct Restore {
+      decltype(old_int) i, t;
+      ~Restore() {
+        std::signal(SIGINT, i);
+        std::signal(SIGTERM, t);
+      }
+    } restore{old_int, old_term};
+    const int metrics_fd =
+        ::open(metrics_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (metrics_fd < 0) {
+      const int err = errno;
+      MMFL_FAIL("cannot write '", metrics_path.string(), "': ", std::strerror(err));
+    }
+    struct CloseFd {
+      int fd;
+      ~CloseFd() { ::close(fd); }
+    } close_metrics{metrics_fd};
     int64_t round = start;
     bool evaluated = false;
     while (round < cfg_.rounds) {
@@ -152,6 +226,7 @@ class Experiment {
       for (int64_t id : ids)
         cohort.push_back(&population[size_t(id)]);
       const RoundStats st = strategy->run_round(cohort, round);
+      const auto skipped = unique_ids(st.skipped);
 
       nlohmann::json m;
       m["round"] = round;
@@ -159,7 +234,7 @@ class Experiment {
       m["clients"] = st.clients;
       for (const auto& [key, value] : st.extra.items())
         m[key] = value;
-      m["skipped_clients"] = st.skipped;
+      m["skipped_clients"] = skipped;
       m["bytes_up"] = st.bytes_up;
       m["bytes_down"] = st.bytes_down;
       evaluated = round % cfg_.eval_every == 0 || round == cfg_.rounds;
@@ -178,16 +253,23 @@ class Experiment {
       const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
       m["wall_s"] = wall;
       m["clients_per_s"] = double(st.clients) / wall;
-      metrics << m.dump() << '\n';
-      metrics.flush();
-      MMFL_CHECK(metrics.good(), "failed writing '", metrics_path.string(), "' (disk full?)");
+      append_checked(metrics_fd, m.dump() + "\n", metrics_path);
       progress(round, m, evaluated);
-      for (int64_t id : st.skipped)
+      // After the row, so the diverged round's numbers are there to look at (a resume drops the
+      // row: no checkpoint vouches for it).
+      check_round_diverged(round, st.clients, skipped);
+      if (evaluated) check_model_healthy(round, sum.last_eval);
+      for (int64_t id : skipped)
         log("mmfl: warning: round " + std::to_string(round) + ": client " + std::to_string(id) +
             " sent a non-finite update; it was left out of the average");
 
       const bool stop = (opts_.stop_after > 0 && round >= opts_.stop_after) || g_interrupted;
       if (round % cfg_.checkpoint_every == 0 || round == cfg_.rounds || stop) {
+        // metrics.jsonl reaches the disk before the checkpoint that vouches for its rows.
+        if (::fsync(metrics_fd) != 0 && errno != EINVAL) {
+          const int err = errno;
+          MMFL_FAIL("cannot write '", metrics_path.string(), "': ", std::strerror(err));
+        }
         Checkpoint ck;
         ck.round = round;
         ck.config_hash = config_hash;
@@ -196,13 +278,20 @@ class Experiment {
         prune_checkpoints(dir_ / "checkpoints", cfg_.checkpoint_keep);
       }
       if (stop) {
-        log(std::string("mmfl: ") + (g_interrupted ? "interrupted" : "stopped") + " after round " +
-            std::to_string(round) + "; continue with: mmfl run --resume " + dir_.string());
+        sum.signal = int(g_interrupted);
+        log(std::string("mmfl: ") +
+            (g_interrupted == SIGTERM  ? "terminated (SIGTERM)"
+             : g_interrupted == SIGINT ? "interrupted"
+                                       : "stopped") +
+            " after round " + std::to_string(round) + "; continue with: mmfl run --resume " +
+            dir_.string());
         break;
       }
     }
-    std::signal(SIGINT, old_handler);
-    if (!evaluated) sum.last_eval = strategy->evaluate();
+    if (!evaluated) {
+      sum.last_eval = strategy->evaluate();
+      check_model_healthy(round, sum.last_eval);
+    }
     sum.rounds_done = round;
     sum.finished = round >= cfg_.rounds;
     sum.wall_s = std::chrono::duration<double>(Clock::now() - t_start).count();
@@ -231,25 +320,166 @@ class Experiment {
     std::cout << os.str() << std::endl;
   }
 
-  // Keeps the lines of rounds <= `round` (a resumed run rewrites the rounds after its checkpoint).
-  static void truncate_metrics(const fs::path& path, int64_t round) {
-    if (!fs::exists(path)) return;
-    std::ifstream in(path);
-    std::string kept, line;
-    int64_t lineno = 0;
-    while (std::getline(in, line)) {
+  // The keys that govern divergence, for the strategy in use.
+  std::string divergence_keys() const {
+    std::ostringstream os;
+    os << "lower train.lr (now " << cfg_.train.lr << ") or set train.grad_clip (now "
+       << cfg_.train.grad_clip << ")";
+    if (cfg_.strategy != StrategyKind::kFedAvg)
+      os << ", or lower creamfl.server_lr (now " << cfg_.creamfl.server_lr << ")";
+    return os.str();
+  }
+
+  // A round in which every client's update was dropped as non-finite trains nothing: the run
+  // has diverged, and going on would only print metrics of a frozen or broken model.
+  void check_round_diverged(int64_t round, int64_t clients,
+                            const std::vector<int64_t>& skipped) const {
+    MMFL_CHECK(clients == 0 || int64_t(skipped.size()) < clients, "training diverged in round ",
+               round, ": every client's update (", clients,
+               " clients) was non-finite and dropped; ", divergence_keys(),
+               ", then start the run again");
+  }
+
+  void check_model_healthy(int64_t round, const EvalResult& e) const {
+    MMFL_CHECK(e.finite, "training diverged by round ", round, ": the ", strategy_model(),
+               "'s features are not finite (NaN/Inf); ", divergence_keys(),
+               ", then start the run again");
+    MMFL_CHECK(!e.collapsed, "training collapsed by round ", round, ": the ", strategy_model(),
+               " maps every test input to the same features; ", divergence_keys(),
+               ", then start the run again");
+  }
+
+  std::string strategy_model() const {
+    return cfg_.strategy == StrategyKind::kFedAvg ? "global model" : "server model";
+  }
+
+  // Loads the checkpoint to resume from (opts_.from_checkpoint, else the latest) into
+  // `strategy`; returns its round (0 when the run has none). Every field is checked against
+  // the run: the round against the file name and the config, the tensors against the model.
+  int64_t load_resume_checkpoint(Strategy& strategy, const std::string& config_hash) {
+    const auto ck_dir = dir_ / "checkpoints";
+    const auto all = checkpoints_in(ck_dir);
+    std::string ck_path;
+    int64_t file_round = 0;
+    if (!opts_.from_checkpoint.empty()) {
+      const std::string& f = opts_.from_checkpoint;
+      const bool is_round =
+          !f.empty() && f.size() < 13 &&
+          std::all_of(f.begin(), f.end(), [](char c) { return c >= '0' && c <= '9'; });
+      for (const auto& [r, p] : all) {
+        std::error_code ec;
+        if ((is_round && r == std::stoll(f)) || (!is_round && fs::equivalent(p, f, ec))) {
+          file_round = r;
+          ck_path = p;
+        }
+      }
+      std::string have;
+      for (const auto& [r, p] : all)
+        have += (have.empty() ? "" : ", ") + std::to_string(r);
+      MMFL_CHECK(!ck_path.empty(), "--from-checkpoint ", f, ": no such checkpoint in '",
+                 ck_dir.string(), "' (rounds there: ", have.empty() ? "none" : have, ")");
+    } else if (!all.empty()) {
+      std::tie(file_round, ck_path) = all.back();
+    } else {
+      log("mmfl: no checkpoint in " + ck_dir.string() + "; starting at round 1");
+      return 0;
+    }
+    Checkpoint ck;
+    try {
+      ck = load_checkpoint(ck_path);
+      MMFL_CHECK(ck.round == file_round, "checkpoint '", ck_path, "' says round ", ck.round,
+                 " but is named for round ", file_round);
+      MMFL_CHECK(ck.round >= 1 && ck.round <= cfg_.rounds, "checkpoint '", ck_path, "': round ",
+                 ck.round, " is outside the run's 1..", cfg_.rounds);
+      MMFL_CHECK(ck.config_hash == config_hash, "checkpoint '", ck_path,
+                 "' belongs to another config (hash ", ck.config_hash, ", config.yaml hashes to ",
+                 config_hash, "); was config.yaml edited?");
+      check_tensors_match(strategy, ck, ck_path);
+      try {
+        strategy.load(ck);
+      } catch (const Error& e) {
+        MMFL_FAIL("checkpoint '", ck_path, "': ", e.reason());
+      }
+    } catch (const Error& e) {
+      // Point at the newest earlier checkpoint, if any, as the way on.
+      std::string earlier;
+      for (const auto& [r, p] : all)
+        if (r < file_round) earlier = std::to_string(r);
+      if (earlier.empty()) throw;
+      MMFL_FAIL(e.reason(), "; resume from an earlier one with --resume ", dir_.string(),
+                " --from-checkpoint ", earlier);
+    }
+    // Checkpoints after the chosen one describe rounds that will be trained again.
+    for (const auto& [r, p] : all)
+      if (r > ck.round) {
+        fs::remove(p);
+        log("mmfl: removed " + p + " (after the checkpoint resumed from)");
+      }
+    log("mmfl: resuming after round " + std::to_string(ck.round) + " from " + ck_path);
+    return ck.round;
+  }
+
+  // Every tensor the model saves must be in the checkpoint under its name, with its shape.
+  static void check_tensors_match(const Strategy& strategy, const Checkpoint& ck,
+                                  const std::string& path) {
+    Checkpoint fresh;
+    strategy.save(fresh);
+    for (const auto& [name, t] : fresh.tensors) {
+      const auto it = ck.tensors.find(name);
+      MMFL_CHECK(it != ck.tensors.end(), "checkpoint '", path, "' lacks tensor '", name, "'");
+      const auto want = t.sizes().vec();
+      const auto sh = ck.shapes.find(name);
+      const auto got = sh != ck.shapes.end() ? sh->second : it->second.sizes().vec();
+      MMFL_CHECK(got == want, "checkpoint '", path, "': tensor '", name, "' has shape ",
+                 c10::IntArrayRef(got), ", the model's is ", c10::IntArrayRef(want));
+    }
+  }
+
+  // Makes metrics.jsonl hold exactly one row for each of rounds 1..`round` (the checkpoint
+  // resumed from): later rows are dropped (they are trained again), a row cut by a crash at the
+  // end is dropped, and a missing, repeated or unreadable row is an error.
+  static void reconcile_metrics(const fs::path& path, int64_t round) {
+    if (!fs::exists(path)) {
+      MMFL_CHECK(round == 0, "'", path.string(), "' is missing, but the checkpoint is at round ",
+                 round, "; restore it or start the run again");
+      return;
+    }
+    const std::string text =
+        modalities::read_regular_file(path.string(), uint64_t(1) << 30, "metrics file");
+    std::string kept;
+    int64_t next = 1, lineno = 0;
+    size_t pos = 0;
+    while (pos < text.size()) {
+      size_t end = text.find('\n', pos);
+      const bool complete = end != std::string::npos;
+      if (!complete) end = text.size();
+      const std::string line = text.substr(pos, end - pos);
+      pos = end + 1;
       ++lineno;
       if (line.empty()) continue;
       nlohmann::json j;
       try {
         j = nlohmann::json::parse(line);
       } catch (const nlohmann::json::exception&) {
-        // A line cut by a crash can only be the last; anything later is rewritten anyway.
+        // Only the last line can be cut by a crash; it is rewritten anyway.
+        MMFL_CHECK(!complete || pos >= text.size(), "'", path.string(), "' line ", lineno,
+                   " is not JSON; the file was edited or damaged");
         continue;
       }
-      MMFL_CHECK(j.contains("round"), "'", path.string(), "' line ", lineno, " has no 'round'");
-      if (j["round"].get<int64_t>() <= round) kept += line + "\n";
+      MMFL_CHECK(j.is_object() && j.contains("round") && j["round"].is_number_integer(), "'",
+                 path.string(), "' line ", lineno, " has no integer 'round'");
+      const int64_t r = j["round"].get<int64_t>();
+      if (r > round) continue;
+      MMFL_CHECK(r == next, "'", path.string(), "' line ", lineno, " is round ", r, " but round ",
+                 next, " was expected (", r < next ? "a repeated" : "a missing",
+                 " row); the file was edited or damaged");
+      kept += line + "\n";
+      ++next;
     }
+    MMFL_CHECK(next == round + 1, "'", path.string(), "' ends at round ", next - 1,
+               " but the checkpoint is at round ", round,
+               "; rows are missing (restore the file or resume from an earlier checkpoint with "
+               "--from-checkpoint)");
     write_file_atomic(path.string(), kept);
   }
 
@@ -291,6 +521,8 @@ std::string timestamp() {
 RunSummary run_experiment(const Config& cfg, const RunOptions& opts) {
   const fs::path dir = opts.out_dir.empty() ? fs::path("runs") / (cfg.name + "-" + timestamp())
                                             : fs::path(opts.out_dir);
+  create_dir(dir);
+  const RunLock lock(dir);
   MMFL_CHECK(!fs::exists(dir / "metrics.jsonl") && !fs::exists(dir / "config.yaml"),
              "run directory '", dir.string(),
              "' already holds a run; continue it with "
@@ -301,9 +533,10 @@ RunSummary run_experiment(const Config& cfg, const RunOptions& opts) {
 
 RunSummary resume_experiment(const std::string& run_dir, const RunOptions& opts) {
   const fs::path dir(run_dir);
-  MMFL_CHECK(fs::exists(dir / "config.yaml"), "'", run_dir,
+  MMFL_CHECK(fs::is_directory(dir) && fs::exists(dir / "config.yaml"), "'", run_dir,
              "' is not a run directory (no "
              "config.yaml); start a run with 'mmfl run CONFIG --out DIR'");
+  const RunLock lock(dir);
   Config cfg = load_config((dir / "config.yaml").string());
   return Experiment(std::move(cfg), dir, opts).run(true);
 }

@@ -2,12 +2,12 @@
 
 #include <zlib.h>
 
+#include <algorithm>
 #include <cstdio>
-#include <fstream>
-#include <functional>
-#include <memory>
+#include <filesystem>
 
 #include "mmfl/error.h"
+#include "modalities/file_io.h"
 
 namespace mmfl::modalities {
 
@@ -20,66 +20,109 @@ int64_t IdxArray::size() const {
 
 namespace {
 
-// Whole-file read, inflating gzip transparently (gzread passes raw files through).
-std::vector<uint8_t> read_all(const std::string& path) {
-  std::ifstream probe(path, std::ios::binary);
-  MMFL_CHECK(probe.good(), "cannot open '", path, "'");
-  probe.close();
-  gzFile f = gzopen(path.c_str(), "rb");
-  MMFL_CHECK(f != nullptr, "cannot open '", path, "'");
-  std::unique_ptr<gzFile_s, std::function<void(gzFile)>> guard(f, [](gzFile g) { gzclose(g); });
-  std::vector<uint8_t> out;
-  std::vector<uint8_t> chunk(1 << 20);
-  for (;;) {
-    int got = gzread(f, chunk.data(), static_cast<unsigned>(chunk.size()));
-    if (got < 0) {
-      int err = 0;
-      const char* msg = gzerror(f, &err);
-      MMFL_FAIL("'", path, "': corrupt gzip stream after ", out.size(),
-                " decompressed bytes: ", msg);
-    }
-    if (got == 0) break;
-    out.insert(out.end(), chunk.begin(), chunk.begin() + got);
-  }
-  return out;
+// Bounds: FashionMNIST's train images are 47 MB; 2^31 bytes of pixels (and of compressed input)
+// is far beyond any MNIST-format set and still fits memory on the machines mmfl targets.
+constexpr uint64_t kMaxIdxBytes = uint64_t(1) << 31;
+
+std::string hex_byte(uint8_t b) {
+  char buf[8];
+  std::snprintf(buf, sizeof(buf), "0x%02x", unsigned(b));
+  return buf;
 }
 
-uint32_t be32(const std::vector<uint8_t>& b, size_t off) {
-  return (uint32_t(b[off]) << 24) | (uint32_t(b[off + 1]) << 16) | (uint32_t(b[off + 2]) << 8) |
-         uint32_t(b[off + 3]);
+// Sequential reader over a raw or gzip file (gzread passes raw files through), which never
+// inflates more than it is asked for: a small gzip that expands to gigabytes costs nothing
+// beyond the bytes the header's dimensions need.
+class IdxStream {
+ public:
+  explicit IdxStream(const std::string& path) : path_(path) {
+    check_regular_file(path, kMaxIdxBytes, "IDX file");
+    f_ = gzopen(path.c_str(), "rb");
+    MMFL_CHECK(f_ != nullptr, "cannot open IDX file '", path, "'");
+  }
+  ~IdxStream() {
+    if (f_) gzclose(f_);
+  }
+  IdxStream(const IdxStream&) = delete;
+  IdxStream& operator=(const IdxStream&) = delete;
+
+  // Reads up to `n` bytes into `out`; returns how many (fewer only at the end of the data).
+  size_t read(uint8_t* out, size_t n) {
+    size_t got = 0;
+    while (got < n) {
+      const unsigned ask = unsigned(std::min<size_t>(n - got, size_t(1) << 30));
+      const int r = gzread(f_, out + got, ask);
+      if (r < 0) {
+        int err = 0;
+        const char* msg = gzerror(f_, &err);
+        MMFL_FAIL("IDX file '", path_, "': corrupt gzip stream at decompressed byte offset ",
+                  offset_ + got, ": ", msg);
+      }
+      if (r == 0) break;
+      got += size_t(r);
+    }
+    offset_ += got;
+    return got;
+  }
+  uint64_t offset() const { return offset_; }
+
+ private:
+  std::string path_;
+  gzFile f_ = nullptr;
+  uint64_t offset_ = 0;
+};
+
+uint32_t be32(const uint8_t* b) {
+  return (uint32_t(b[0]) << 24) | (uint32_t(b[1]) << 16) | (uint32_t(b[2]) << 8) | uint32_t(b[3]);
 }
 
 }  // namespace
 
 IdxArray read_idx(const std::string& path, int expected_rank) {
-  std::vector<uint8_t> bytes = read_all(path);
-  MMFL_CHECK(bytes.size() >= 4, "'", path, "': ", bytes.size(),
+  IdxStream in(path);
+  uint8_t magic[4];
+  const size_t got_magic = in.read(magic, 4);
+  MMFL_CHECK(got_magic == 4, "IDX file '", path, "': ", got_magic,
              " bytes, too short for an IDX header (offset 0 needs 4 bytes)");
   // Magic: two zero bytes, the element type (0x08 = unsigned byte), the rank.
-  MMFL_CHECK(bytes[0] == 0 && bytes[1] == 0, "'", path,
-             "': bad IDX magic at byte offset 0 (expected 00 00, got ", int(bytes[0]), " ",
-             int(bytes[1]), "); not an IDX file");
-  MMFL_CHECK(bytes[2] == 0x08, "'", path, "': IDX element type at byte offset 2 is 0x", std::hex,
-             int(bytes[2]), ", only 0x08 (unsigned byte) is supported");
-  const int rank = bytes[3];
-  MMFL_CHECK(rank == expected_rank, "'", path, "': IDX rank at byte offset 3 is ", rank,
+  MMFL_CHECK(magic[0] == 0 && magic[1] == 0, "IDX file '", path,
+             "': bad IDX magic at byte offset 0 (expected 0x00 0x00, got ", hex_byte(magic[0]), " ",
+             hex_byte(magic[1]), "); not an IDX file");
+  MMFL_CHECK(magic[2] == 0x08, "IDX file '", path, "': IDX element type at byte offset 2 is ",
+             hex_byte(magic[2]), ", only 0x08 (unsigned byte) is supported");
+  const int rank = magic[3];
+  MMFL_CHECK(rank == expected_rank, "IDX file '", path, "': IDX rank at byte offset 3 is ", rank,
              ", expected ", expected_rank);
   const size_t header = 4 + 4 * size_t(rank);
-  MMFL_CHECK(bytes.size() >= header, "'", path, "': truncated header: ", bytes.size(),
+  std::vector<uint8_t> dims(4 * size_t(rank));
+  const size_t got_dims = in.read(dims.data(), dims.size());
+  MMFL_CHECK(got_dims == dims.size(), "IDX file '", path, "': truncated header: ", 4 + got_dims,
              " bytes, the dimensions end at byte offset ", header);
   IdxArray arr;
+  uint64_t total = 1;
   for (int i = 0; i < rank; ++i) {
-    const uint32_t d = be32(bytes, 4 + 4 * size_t(i));
-    MMFL_CHECK(d > 0 && d < (1u << 28), "'", path, "': dimension ", i, " at byte offset ",
+    const uint32_t d = be32(dims.data() + 4 * size_t(i));
+    MMFL_CHECK(d > 0 && d < (1u << 28), "IDX file '", path, "': dimension ", i, " at byte offset ",
                4 + 4 * i, " is ", d, ", outside 1..2^28");
     arr.dims.push_back(d);
+    total *= d;  // each factor < 2^28 and the running product is checked below: no overflow
+    MMFL_CHECK(total <= kMaxIdxBytes, "IDX file '", path, "': the dimensions up to byte offset ",
+               8 + 4 * i, " describe more than ", kMaxIdxBytes, " bytes of data (the limit)");
   }
-  const size_t expected = header + size_t(arr.size());
-  MMFL_CHECK(bytes.size() == expected, "'", path, "': length ", bytes.size(),
-             " bytes, but the header's dimensions need ", expected, " (data ",
-             bytes.size() < expected ? "truncated at" : "has trailing bytes from", " byte offset ",
-             bytes.size() < expected ? bytes.size() : expected, ")");
-  arr.data.assign(bytes.begin() + header, bytes.end());
+  // Grows with the data actually there (in 16 MiB steps), so a header that claims more than the
+  // file holds costs no more memory than the file's contents.
+  size_t got = 0;
+  while (got < total) {
+    const size_t step = std::min<size_t>(size_t(total) - got, size_t(16) << 20);
+    arr.data.resize(got + step);
+    const size_t n = in.read(arr.data.data() + got, step);
+    got += n;
+    MMFL_CHECK(n == step, "IDX file '", path, "': data truncated at byte offset ", header + got,
+               "; the header's dimensions need ", header + total, " bytes");
+  }
+  uint8_t extra;
+  MMFL_CHECK(in.read(&extra, 1) == 0, "IDX file '", path, "': trailing bytes from byte offset ",
+             header + total, "; the header's dimensions need exactly ", header + total, " bytes");
   return arr;
 }
 
@@ -87,7 +130,7 @@ IdxImages read_idx_split(const std::string& dir, const std::string& split, int n
   auto find = [&](const std::string& stem) {
     for (const char* ext : {".gz", ""}) {
       std::string p = dir + "/" + stem + ext;
-      if (std::ifstream(p).good()) return p;
+      if (std::filesystem::exists(p)) return p;
     }
     MMFL_FAIL("no '", stem, "' or '", stem, ".gz' in '", dir,
               "' (set data.root to a folder of MNIST-format IDX files; on Debian install the "

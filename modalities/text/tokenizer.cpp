@@ -2,10 +2,10 @@
 
 #include <algorithm>
 #include <cctype>
-#include <fstream>
 #include <map>
 
 #include "mmfl/error.h"
+#include "modalities/file_io.h"
 
 namespace mmfl::modalities {
 
@@ -45,22 +45,26 @@ Tokenizer Tokenizer::build(const std::vector<std::string>& texts, int64_t min_co
 }
 
 Tokenizer Tokenizer::load(const std::string& path) {
-  std::ifstream in(path);
-  MMFL_CHECK(in.good(), "cannot open vocabulary '", path, "'");
+  // A vocabulary of FashionMNIST-Captions is a few kB; 64 MiB bounds any real one.
+  const std::string text = read_regular_file(path, uint64_t(64) << 20, "vocabulary");
   std::vector<std::string> tokens;
-  for (std::string line; std::getline(in, line);)
-    tokens.push_back(line);
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    tokens.push_back(text.substr(start, end - start));
+    start = end + 1;
+  }
   MMFL_CHECK(tokens.size() >= 2 && tokens[0] == "<pad>" && tokens[1] == "<unk>", "vocabulary '",
              path, "' must start with the lines <pad> and <unk>");
   return Tokenizer(std::move(tokens));
 }
 
 void Tokenizer::save(const std::string& path) const {
-  std::ofstream out(path);
-  MMFL_CHECK(out.good(), "cannot write vocabulary '", path, "'");
+  std::string text;
   for (const auto& t : tokens_)
-    out << t << '\n';
-  MMFL_CHECK(out.good(), "failed writing vocabulary '", path, "'");
+    text += t + '\n';
+  write_file_atomic(path, text);
 }
 
 std::vector<int64_t> Tokenizer::encode(const std::string& text, int64_t max_len) const {

@@ -1,4 +1,8 @@
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
 
 #include "engine/config.h"
 #include "mmfl/error.h"
@@ -67,6 +71,72 @@ TEST(Config, OverridesApplyAndAreValidated) {
 TEST(Config, SyntaxErrorHasLine) {
   const auto msg = error_of("rounds: 3\ntrain: {lr: 0.1\n");
   EXPECT_NE(msg.find("YAML syntax error at line"), std::string::npos) << msg;
+}
+
+std::string load_error(const std::string& path, const std::vector<std::string>& overrides = {}) {
+  try {
+    load_config(path, overrides);
+  } catch (const Error& e) {
+    return e.reason();
+  }
+  return "";
+}
+
+// Issue 10 item 6: configs that are not one mapping are errors naming the file or key (they ran
+// the full default experiment, kept a duplicated key's first value, ignored a second document,
+// and let `--set key=` restore the default).
+TEST(Config, NotOneMappingIsAnError) {
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("mmfl_cfg_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string empty = (dir / "empty.yaml").string();
+  std::ofstream(empty) << "# nothing but a comment\n";
+  const auto e = load_error(empty);
+  EXPECT_NE(e.find(empty + ": config is empty"), std::string::npos) << e;
+  const auto d = load_error(dir.string());
+  EXPECT_NE(d.find("'" + dir.string() + "' is a directory"), std::string::npos) << d;
+  const auto n = load_error("/dev/null");
+  EXPECT_NE(n.find("'/dev/null' is not a regular file"), std::string::npos) << n;
+  std::filesystem::remove_all(dir);
+
+  const auto dup = error_of("train:\n  lr: 0.1\n  epochs: 2\n  lr: 0.5\n");
+  EXPECT_NE(dup.find("config key 'train.lr' appears twice (again at line 4)"), std::string::npos)
+      << dup;
+  const auto docs = error_of("rounds: 3\n---\nrounds: 5\n");
+  EXPECT_NE(docs.find("holds 2 YAML documents"), std::string::npos) << docs;
+  const auto set = error_of("rounds: 3\n", {"train.lr="});
+  EXPECT_NE(set.find("--set 'train.lr=': empty value for 'train.lr'"), std::string::npos) << set;
+  const auto null = error_of("rounds: 3\n", {"train.lr=~"});
+  EXPECT_NE(null.find("the value of 'train.lr' is null"), std::string::npos) << null;
+  const auto list = error_of("- 1\n- 2\n");
+  EXPECT_NE(list.find("must be a YAML mapping"), std::string::npos) << list;
+}
+
+// Found by fuzz_config: a complex (non-scalar) key escaped as yaml-cpp's conversion error, which
+// the CLI reports as an internal error with exit 1.
+TEST(Config, ComplexKeyIsAnError) {
+  const auto top = error_of("rounds: 3\n? [a, b]\n: 1\n");
+  EXPECT_NE(top.find("config has a key that is not a plain name at line 2"), std::string::npos)
+      << top;
+  const auto sec = error_of("model:\n  ? {embed_dim: 64}\n  : 1\n");
+  EXPECT_NE(sec.find("section 'model' has a key that is not a plain name at line 2"),
+            std::string::npos)
+      << sec;
+}
+
+// Issue 10 item 4: a config path that is a device is refused before it is read (reading
+// /dev/zero used to grow memory without bound); an absurdly large file is refused by size.
+TEST(Config, UnboundedInputsAreRefusedFirst) {
+  const auto z = load_error("/dev/zero");
+  EXPECT_NE(z.find("'/dev/zero' is not a regular file"), std::string::npos) << z;
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("mmfl_cfgbig_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string big = (dir / "big.yaml").string();
+  std::filesystem::resize_file((std::ofstream(big), big), 2u << 20);
+  const auto b = load_error(big);
+  EXPECT_NE(b.find("more than the 1048576-byte limit"), std::string::npos) << b;
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

@@ -1,4 +1,7 @@
 #include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <cstdio>
@@ -132,6 +135,81 @@ TEST_F(IdxTest, SplitChecksLabelCountAndRange) {
 TEST_F(IdxTest, MissingFile) {
   const auto msg = error_of([&] { read_idx((dir_ / "nope").string(), 1); });
   EXPECT_NE(msg.find("cannot open"), std::string::npos) << msg;
+}
+
+// Issue 10 item 4: a small gzip that inflates to about 1 GiB past what its header describes is
+// refused after reading only the bytes the dimensions need. The reader runs in a child process
+// under an address-space limit of 256 MiB above what the process already maps; a reader that
+// inflates the whole stream first (the old one) runs out of memory there.
+TEST_F(IdxTest, GzipBombIsRefusedWithoutInflatingIt) {
+  const std::string p = (dir_ / "bomb.gz").string();
+  {
+    // One gzip member of the IDX bytes, then 16 members of 64 MiB of zeros each:
+    // gzread reads concatenated members as one stream. Deflating zeros once keeps this fast.
+    std::vector<uint8_t> head = idx_bytes({1, 2, 2});
+    std::vector<uint8_t> zeros(size_t(64) << 20, 0);
+    const std::string one = (dir_ / "one.gz").string();
+    gzFile f = gzopen(one.c_str(), "wb1");
+    gzwrite(f, zeros.data(), unsigned(zeros.size()));
+    gzclose(f);
+    std::ifstream in(one, std::ios::binary);
+    const std::string member((std::istreambuf_iterator<char>(in)), {});
+    const std::string first = (dir_ / "first.gz").string();
+    f = gzopen(first.c_str(), "wb1");
+    gzwrite(f, head.data(), unsigned(head.size()));
+    gzclose(f);
+    std::ifstream fin(first, std::ios::binary);
+    std::string bomb((std::istreambuf_iterator<char>(fin)), {});
+    for (int i = 0; i < 16; ++i)
+      bomb += member;
+    std::ofstream(p, std::ios::binary).write(bomb.data(), long(bomb.size()));
+    ASSERT_LT(bomb.size(), size_t(8) << 20);  // under 8 MB on disk
+  }
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    long pages = 0;
+    std::ifstream statm("/proc/self/statm");
+    statm >> pages;
+    const rlim_t limit = rlim_t(pages) * rlim_t(sysconf(_SC_PAGESIZE)) + (rlim_t(256) << 20);
+    const rlimit rl{limit, limit};
+    setrlimit(RLIMIT_AS, &rl);
+    try {
+      read_idx(p, 3);
+    } catch (const Error& e) {
+      _exit(e.reason().find("trailing bytes from byte offset 20") != std::string::npos ? 0 : 3);
+    } catch (...) {
+      _exit(4);  // std::bad_alloc: the stream was inflated whole
+    }
+    _exit(5);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "3: wrong message, 4: out of memory, 5: accepted";
+}
+
+// Issue 10 item 4: devices and directories are refused before anything is read.
+TEST_F(IdxTest, NonRegularFilesAreRefused) {
+  const auto dev = error_of([&] { read_idx("/dev/zero", 3); });
+  EXPECT_NE(dev.find("'/dev/zero' is not a regular file"), std::string::npos) << dev;
+}
+
+// Issue 10 item 10: a directory where an IDX file should be is called a directory (it was "a
+// corrupt gzip stream"), and magic bytes are all written in hex (they mixed hex and decimal).
+TEST_F(IdxTest, MessagesNameDirectoriesAndUseHex) {
+  fs::create_directories(dir_ / "train-images-idx3-ubyte.gz");
+  write("train-labels-idx1-ubyte", idx_bytes({2}));
+  const auto msg = error_of([&] { read_idx_split(dir_.string(), "train", 10); });
+  EXPECT_NE(msg.find("train-images-idx3-ubyte.gz' is a directory"), std::string::npos) << msg;
+  auto b = idx_bytes({2, 2, 2});
+  b[0] = 0x12;
+  b[1] = 0x34;
+  const auto magic = error_of([&] { read_idx(write("hexmagic", b), 3); });
+  EXPECT_NE(magic.find("expected 0x00 0x00, got 0x12 0x34"), std::string::npos) << magic;
+  auto c = idx_bytes({2, 2, 2}, 0x0D);
+  const auto type = error_of([&] { read_idx(write("hextype", c), 3); });
+  EXPECT_NE(type.find("byte offset 2 is 0x0d"), std::string::npos) << type;
 }
 
 }  // namespace
