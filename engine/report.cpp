@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -52,6 +53,21 @@ std::string read_text(const fs::path& p) {
   return ss.str();
 }
 
+// The resolved config spells doubles with every digit (0.050000000000000003); labels read
+// better with the shortest spelling that parses back to the same double (0.05).
+std::string shortest(const std::string& v) {
+  if (v.find_first_of(".eE") == std::string::npos) return v;
+  char* end = nullptr;
+  const double d = std::strtod(v.c_str(), &end);
+  if (end == v.c_str() || *end != '\0' || !std::isfinite(d)) return v;
+  char buf[40];
+  for (int prec = 1; prec <= 17; ++prec) {
+    std::snprintf(buf, sizeof(buf), "%.*g", prec, d);
+    if (std::strtod(buf, nullptr) == d) return buf;
+  }
+  return v;
+}
+
 void flatten(const YAML::Node& n, const std::string& prefix,
              std::map<std::string, std::string>& out) {
   if (n.IsMap()) {
@@ -62,7 +78,7 @@ void flatten(const YAML::Node& n, const std::string& prefix,
     em << YAML::Flow << n;
     out[prefix] = em.c_str();
   } else if (n.IsScalar()) {
-    out[prefix] = n.Scalar();
+    out[prefix] = shortest(n.Scalar());
   }
 }
 

@@ -47,10 +47,14 @@ std::string trim(const std::string& s) {
   return s.substr(b, s.find_last_not_of(" \t") - b + 1);
 }
 
-// A directory-name-safe spelling of one KEY=VALUE: the key's last part and the value.
-std::string name_part(const std::string& key, const std::string& value) {
+std::string last_part(const std::string& key) {
   const auto dot = key.rfind('.');
-  std::string s = (dot == std::string::npos ? key : key.substr(dot + 1)) + "=" + value;
+  return dot == std::string::npos ? key : key.substr(dot + 1);
+}
+
+// A directory-name-safe spelling of one KEY=VALUE.
+std::string name_part(const std::string& key, const std::string& value) {
+  std::string s = key + "=" + value;
   for (char& c : s)
     if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-' ||
           c == '='))
@@ -126,6 +130,7 @@ std::vector<uint64_t> parse_seed_list(const std::string& arg) {
     MMFL_CHECK(t.size() < 19, "--seeds '", arg, "': '", t, "' is too large");
     return std::stoull(t);
   };
+  MMFL_CHECK(!trim(arg).empty(), "--seeds '", arg, "': no seeds (use e.g. 1-5 or 1,3,7)");
   for (const auto& part : split(arg, ',')) {
     const auto dash = part.find('-');
     uint64_t lo, hi;
@@ -147,9 +152,10 @@ std::vector<uint64_t> parse_seed_list(const std::string& arg) {
 std::vector<SweepRun> expand_sweep(const std::vector<GridAxis>& grid,
                                    const std::vector<uint64_t>& seeds,
                                    const std::vector<std::string>& sets) {
-  std::set<std::string> keys;
+  std::set<std::string> keys, last_parts;
   for (const auto& a : grid) {
     MMFL_CHECK(keys.insert(a.key).second, "--grid key '", a.key, "' is given twice");
+    last_parts.insert(last_part(a.key));
     MMFL_CHECK(!a.values.empty(), "--grid key '", a.key, "' has no values");
     MMFL_CHECK(a.key != "seed", "vary the seed with --seeds, not --grid seed=...");
   }
@@ -163,7 +169,10 @@ std::vector<SweepRun> expand_sweep(const std::vector<GridAxis>& grid,
       const auto kv = grid[i].key + "=" + grid[i].values[idx[i]];
       base.overrides.push_back(kv);
       base.setting.push_back(kv);
-      name += (name.empty() ? "" : "_") + name_part(grid[i].key, grid[i].values[idx[i]]);
+      // Run names use the keys' last parts unless two keys share one (then the full paths).
+      const bool short_names = last_parts.size() == grid.size();
+      name += (name.empty() ? "" : "_") +
+              name_part(short_names ? last_part(grid[i].key) : grid[i].key, grid[i].values[idx[i]]);
     }
     if (seeds.empty()) {
       base.name = name.empty() ? "run" : name;
@@ -182,20 +191,6 @@ std::vector<SweepRun> expand_sweep(const std::vector<GridAxis>& grid,
     while (i > 0 && ++idx[i - 1] == grid[i - 1].values.size())
       idx[--i] = 0;
     if (i == 0) break;
-  }
-  // Two settings whose names collide (keys with the same last part) get the full key paths.
-  std::set<std::string> names;
-  for (const auto& r : runs)
-    names.insert(r.name);
-  if (names.size() != runs.size()) {
-    for (auto& r : runs) {
-      std::string n;
-      for (const auto& kv : r.setting)
-        n += (n.empty() ? "" : "_") + kv;
-      for (char& c : n)
-        if (c == '/' || c == ' ') c = '-';
-      r.name = (n.empty() ? "" : n + "_") + "seed=" + std::to_string(r.seed);
-    }
   }
   return runs;
 }

@@ -16,6 +16,7 @@ def main():
         import matplotlib
 
         matplotlib.use("Agg")
+        matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text: small, searchable
         import matplotlib.pyplot as plt
     except ImportError:
         print("mmfl plot: matplotlib is not installed in " + sys.executable, file=sys.stderr)
