@@ -173,6 +173,21 @@ bool same(const modalities::TextEncoderConfig& a, const modalities::TextEncoderC
 
 }  // namespace
 
+std::string to_string(ExecutorKind k) {
+  switch (k) {
+    case ExecutorKind::kAuto:
+      return "auto";
+    case ExecutorKind::kSequential:
+      return "sequential";
+    case ExecutorKind::kParallel:
+      return "parallel";
+    case ExecutorKind::kBatched:
+      return "batched";
+    default:
+      MMFL_FAIL("unknown ExecutorKind ", static_cast<int>(k));
+  }
+}
+
 std::string to_string(StrategyKind s) {
   switch (s) {
     case StrategyKind::kFedAvg:
@@ -349,6 +364,24 @@ Config parse_config(const YAML::Node& root, const std::string& origin) {
     k.server_lr = s.get_double("server_lr", k.server_lr, 1e-9, 100);
     k.public_batch_size = s.get_int("public_batch_size", k.public_batch_size, 2, 1 << 20);
     k.dump_round = s.get_int("dump_round", k.dump_round, 0, 1000000);
+    s.finish();
+  }
+  {
+    Section s = top.child("executor");
+    auto& e = c.executor;
+    const std::string kind =
+        s.get_choice("kind", "auto", {"auto", "sequential", "parallel", "batched"});
+    e.kind = kind == "auto"         ? ExecutorKind::kAuto
+             : kind == "sequential" ? ExecutorKind::kSequential
+             : kind == "parallel"   ? ExecutorKind::kParallel
+                                    : ExecutorKind::kBatched;
+    e.workers = s.get_int("workers", e.workers, 0, 4096);
+    e.max_memory_gb = s.get_double("max_memory_gb", e.max_memory_gb, 1e-3, 1e5);
+    s.finish();
+  }
+  {
+    Section s = top.child("state");
+    c.state.max_memory_gb = s.get_double("max_memory_gb", c.state.max_memory_gb, 0, 1e5);
     s.finish();
   }
   {

@@ -25,6 +25,12 @@ enum class StrategyKind {
 };
 enum class EnsembleMethod { kContrastive, kMean };
 enum class DeviceChoice { kAuto, kCpu, kCuda };
+enum class ExecutorKind {
+  kAuto,        // batched on a GPU, parallel on the CPU
+  kSequential,  // one client after another (the reference)
+  kParallel,    // clients spread over the CPU cores
+  kBatched,     // clients of one architecture trained as one stacked model
+};
 
 struct DataConfig {
   std::string root = "/usr/share/datasets/fashion-mnist";
@@ -90,6 +96,18 @@ struct TrainConfig {
   double grad_clip = 0.0;           // max gradient norm per step (0: no clipping)
 };
 
+// How a round's cohort is trained (engine/executor.h).
+struct ExecutorConfig {
+  ExecutorKind kind = ExecutorKind::kAuto;
+  int64_t workers = 0;         // parallel: worker threads (0: one per core)
+  double max_memory_gb = 4.0;  // batched: memory for one chunk of stacked clients
+};
+
+// What persists per client between rounds (engine/state_store.h).
+struct StateConfig {
+  double max_memory_gb = 0.0;  // resident budget; beyond it entries spill to files (0: none)
+};
+
 struct Config {
   std::string name = "experiment";
   uint64_t seed = 1;
@@ -102,6 +120,8 @@ struct Config {
   TrainConfig train;
   StrategyKind strategy = StrategyKind::kFedAvg;
   CreamFlConfig creamfl;
+  ExecutorConfig executor;
+  StateConfig state;
   int64_t eval_every = 1;
   int64_t eval_batch_size = 1000;
   int64_t checkpoint_every = 5;
@@ -116,6 +136,7 @@ Config parse_config_text(const std::string& yaml, const std::vector<std::string>
 
 std::string to_string(DeviceChoice d);
 std::string to_string(StrategyKind s);
+std::string to_string(ExecutorKind k);
 DeviceChoice device_choice_from(const std::string& s);  // auto | cpu | cuda
 
 }  // namespace mmfl::engine

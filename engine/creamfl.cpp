@@ -16,7 +16,6 @@ namespace {
 
 namespace F = torch::nn::functional;
 constexpr uint64_t kStreamClientInit = 6;
-constexpr uint64_t kStreamCreamOrder = 7;
 constexpr uint64_t kStreamServerOrder = 8;
 
 torch::Tensor normalized(const torch::Tensor& x) {
@@ -59,9 +58,14 @@ CreamFlStrategy::CreamFlStrategy(const Config& cfg, const FederatedData& data, s
     : cfg_(cfg), data_(data), run_dir_(std::move(run_dir)) {
   torch::manual_seed(cfg.seed);
   server_ = make_towers(cfg.model.server_image, cfg.model.server_text, data, cfg.data.max_tokens);
-  for (int k = 0; k < 3; ++k)
-    work_[size_t(k)] =
+  for (int k = 0; k < 3; ++k) {
+    const auto kind = static_cast<ClientKind>(k);
+    const auto m =
         make_towers(cfg.model.kind_image[k], cfg.model.kind_text[k], data, cfg.data.max_tokens);
+    client_params_[size_t(k)] = (holds_image(kind) ? m.image->num_params() : 0) +
+                                (holds_text(kind) ? m.text->num_params() : 0);
+  }
+  executor_ = make_executor(cfg, data);
 }
 
 torch::Tensor CreamFlStrategy::features(Tower& tower, bool image) {
@@ -70,14 +74,18 @@ torch::Tensor CreamFlStrategy::features(Tower& tower, bool image) {
   return normalized(batched_features(tower, x, cfg_.eval_batch_size));
 }
 
-CreamFlStrategy::ClientState& CreamFlStrategy::state_of(const ClientSpec& spec) {
-  auto it = states_.find(spec.id);
-  if (it != states_.end()) return it->second;
+CreamFlStrategy::ClientState CreamFlStrategy::state_of(const ClientSpec& spec) {
+  {
+    std::lock_guard<std::mutex> lock(states_mutex_);
+    auto it = states_.find(spec.id);
+    if (it != states_.end()) return it->second;
+  }
   // A client's first round: its own initialization, a function of (seed, client id) only.
   const int k = static_cast<int>(spec.kind);
   auto rng = make_rng(cfg_.seed, kStreamClientInit, uint64_t(spec.id));
-  torch::manual_seed(rng());
   ClientState st;
+  std::lock_guard<std::mutex> lock(torch_init_mutex());
+  torch::manual_seed(rng());
   if (holds_image(spec.kind))
     st.image =
         make_image_tower(cfg_.model.kind_image[k], data_.height, data_.width, data_.num_classes)
@@ -86,80 +94,111 @@ CreamFlStrategy::ClientState& CreamFlStrategy::state_of(const ClientSpec& spec) 
     st.text = make_text_tower(cfg_.model.kind_text[k], data_.tokenizer->size(),
                               cfg_.data.max_tokens, data_.num_classes)
                   ->flat();
-  return states_.emplace(spec.id, std::move(st)).first->second;
+  return st;
 }
 
-CreamFlStrategy::ClientReps CreamFlStrategy::train_client(const ClientSpec& spec, int64_t round,
-                                                          const torch::Tensor& g_img,
-                                                          const torch::Tensor& g_txt) {
-  const bool img = holds_image(spec.kind), txt = holds_text(spec.kind);
-  GlobalModel& m = work_[size_t(static_cast<int>(spec.kind))];
-  ClientState& st = state_of(spec);
-  if (img) m.image->load_flat(st.image);
-  if (txt) m.text->load_flat(st.text);
-  // z_old: the client's own public features from the start of the round (frozen copy).
-  const torch::Tensor old_img = img ? features(*m.image, true) : torch::Tensor();
-  const torch::Tensor old_txt = txt ? features(*m.text, false) : torch::Tensor();
+void CreamFlStrategy::keep_state(int64_t id, ClientState st) {
+  std::lock_guard<std::mutex> lock(states_mutex_);
+  states_[id] = std::move(st);
+}
 
-  const auto& t = cfg_.train;
-  const auto& c = cfg_.creamfl;
-  const auto dev = data_.pool.images.device();
-  auto opt = make_optimizer(t, t.lr, params_of(m, spec.kind));
-  auto rng = make_rng(cfg_.seed, kStreamCreamOrder, uint64_t(round), uint64_t(spec.id));
-  const auto public_rows = iota_vec(data_.public_set.size());
-  auto loss_sum = torch::zeros({}, data_.pool.images.options());
-  int64_t steps = 0;
-  auto step = [&](const torch::Tensor& loss) {
-    optimizer_step(*opt, loss, t);
-    loss_sum += loss.detach();
-    ++steps;
-  };
-  for (int64_t epoch = 0; epoch < t.epochs; ++epoch) {
-    m.image->train();
-    m.text->train();
-    for (const auto& rows : shuffled_batches(spec.indices, t.batch_size, rng, dev))
-      step(supervised_loss(m, spec.kind, data_.pool, rows, t));
-    if (c.interintra_weight <= 0) continue;
-    // CreamFL local regularization over the public set (paired clients: both modalities).
-    for (const auto& rows : shuffled_batches(public_rows, c.public_batch_size, rng, dev)) {
-      auto loss = torch::zeros({}, data_.pool.images.options());
-      if (img) {
-        const auto z = normalized(m.image->features(data_.public_set.images.index_select(0, rows)));
-        loss = loss + fusion::inter_modal_loss(z, g_txt, rows, c.reg_temperature) +
-               fusion::intra_modal_loss(z, g_img.index_select(0, rows),
-                                        old_img.index_select(0, rows), c.reg_temperature);
-      }
-      if (txt) {
-        const auto z = normalized(m.text->features(data_.public_set.tokens.index_select(0, rows)));
-        loss = loss + fusion::inter_modal_loss(z, g_img, rows, c.reg_temperature) +
-               fusion::intra_modal_loss(z, g_txt.index_select(0, rows),
-                                        old_txt.index_select(0, rows), c.reg_temperature);
-      }
-      step(c.interintra_weight * loss);
+// CreamFL's local task: each client starts from its own persistent model, takes a pass over the
+// public set with the inter- and intra-modal regularizers after each private epoch, and sends
+// its features of every public sample.
+class CreamFlStrategy::Task : public LocalTask {
+ public:
+  Task(CreamFlStrategy& s, torch::Tensor g_img, torch::Tensor g_txt)
+      : s_(s), g_img_(std::move(g_img)), g_txt_(std::move(g_txt)) {}
+
+  ClientArch arch(ClientKind kind) const override {
+    const int k = static_cast<int>(kind);
+    return {s_.cfg_.model.kind_image[k], s_.cfg_.model.kind_text[k]};
+  }
+
+  std::optional<ExtraPass> extra_pass() const override {
+    if (s_.cfg_.creamfl.interintra_weight <= 0) return std::nullopt;
+    return ExtraPass{&s_.data_.public_set, s_.cfg_.creamfl.public_batch_size};
+  }
+
+  std::unique_ptr<ClientJob> job(const ClientSpec& spec) override {
+    auto j = std::make_unique<Job>(*this, spec.id);
+    const auto st = s_.state_of(spec);
+    j->image = st.image;
+    j->text = st.text;
+    // Both regularizers of every client need both global feature sets.
+    if (extra_pass()) {
+      j->down.reps["image"] = g_img_;
+      j->down.reps["text"] = g_txt_;
     }
+    return j;
   }
-  ClientReps r;
-  r.id = spec.id;
-  r.loss = steps ? loss_sum.item<double>() / double(steps) : 0.0;
-  const torch::Tensor new_img = img ? features(*m.image, true) : torch::Tensor();
-  const torch::Tensor new_txt = txt ? features(*m.text, false) : torch::Tensor();
-  // A client whose training diverged sends nothing and keeps its state from before the round,
-  // so one bad client can neither poison the ensemble nor stay broken.
-  if ((img && !torch::isfinite(new_img).all().item<bool>()) ||
-      (txt && !torch::isfinite(new_txt).all().item<bool>())) {
-    r.diverged = true;
-    return r;
-  }
-  if (img) {
-    st.image = m.image->flat().cpu();
-    r.image = new_img;
-  }
-  if (txt) {
-    st.text = m.text->flat().cpu();
-    r.text = new_txt;
-  }
-  return r;
-}
+
+ private:
+  struct Job : ClientJob {
+    Job(Task& t, int64_t id) : task(t), id(id) {}
+
+    void begin(ClientView& model) override {
+      // z_old: the client's own public features from the start of the round (frozen copy).
+      if (!task.extra_pass()) return;
+      const auto& p = task.s_.data_.public_set;
+      if (image.defined()) old_img = normalized(model.features(Modality::kImage, p.images));
+      if (text.defined()) old_txt = normalized(model.features(Modality::kText, p.tokens));
+    }
+
+    torch::Tensor extra_loss(const torch::Tensor& z_img, const torch::Tensor& z_txt,
+                             const torch::Tensor& rows) override {
+      const auto& c = task.s_.cfg_.creamfl;
+      torch::Tensor loss;
+      auto add = [&](const torch::Tensor& t) { loss = loss.defined() ? loss + t : t; };
+      if (z_img.defined()) {
+        const auto z = normalized(z_img);
+        add(fusion::inter_modal_loss(z, task.g_txt_, rows, c.reg_temperature) +
+            fusion::intra_modal_loss(z, task.g_img_.index_select(0, rows),
+                                     old_img.index_select(0, rows), c.reg_temperature));
+      }
+      if (z_txt.defined()) {
+        const auto z = normalized(z_txt);
+        add(fusion::inter_modal_loss(z, task.g_img_, rows, c.reg_temperature) +
+            fusion::intra_modal_loss(z, task.g_txt_.index_select(0, rows),
+                                     old_txt.index_select(0, rows), c.reg_temperature));
+      }
+      return c.interintra_weight * loss;
+    }
+
+    void finish(ClientView& model, Update& u) override {
+      const auto& p = task.s_.data_.public_set;
+      const torch::Tensor new_img = image.defined()
+                                        ? normalized(model.features(Modality::kImage, p.images))
+                                        : torch::Tensor();
+      const torch::Tensor new_txt =
+          text.defined() ? normalized(model.features(Modality::kText, p.tokens)) : torch::Tensor();
+      // A client whose training diverged sends nothing and keeps its state from before the
+      // round, so one bad client can neither poison the ensemble nor stay broken.
+      if ((new_img.defined() && !torch::isfinite(new_img).all().item<bool>()) ||
+          (new_txt.defined() && !torch::isfinite(new_txt).all().item<bool>())) {
+        u.diverged = true;
+        return;
+      }
+      ClientState st;
+      if (new_img.defined()) {
+        st.image = model.flat(Modality::kImage).cpu();
+        u.up.reps["image"] = new_img;
+      }
+      if (new_txt.defined()) {
+        st.text = model.flat(Modality::kText).cpu();
+        u.up.reps["text"] = new_txt;
+      }
+      task.s_.keep_state(id, std::move(st));
+    }
+
+    Task& task;
+    int64_t id;
+    torch::Tensor old_img, old_txt;
+  };
+
+  CreamFlStrategy& s_;
+  torch::Tensor g_img_, g_txt_;
+};
 
 double CreamFlStrategy::server_train(int64_t round) {
   if (cfg_.creamfl.server_epochs == 0) return 0.0;
@@ -220,30 +259,17 @@ RoundStats CreamFlStrategy::run_round(const std::vector<const ClientSpec*>& coho
   RoundStats s;
   const bool public_only = cfg_.strategy == StrategyKind::kPublicOnly;
   torch::Tensor a_img, a_txt, w_img, w_txt, g_img, g_txt;
-  std::vector<ClientReps> reps;
+  std::vector<Update> reps;
   if (!public_only) {
     g_img = features(*server_.image, true);
     g_txt = features(*server_.text, false);
-    const int64_t rep_bytes = g_img.numel() * 4;
-    int64_t trained = 0;
-    for (const ClientSpec* spec : cohort) {
-      reps.push_back(train_client(*spec, round, g_img, g_txt));
-      const auto& r = reps.back();
-      if (r.diverged) {
-        s.skipped.push_back(r.id);
-        continue;
-      }
-      s.train_loss += r.loss;
-      ++trained;
-      s.bytes_down += 2 * rep_bytes;  // G_img and G_txt: both regularizers need both
-      s.bytes_up += (r.image.defined() ? rep_bytes : 0) + (r.text.defined() ? rep_bytes : 0);
-    }
-    s.clients = int64_t(cohort.size());
-    if (trained > 0) s.train_loss /= double(trained);
+    Task task(*this, g_img, g_txt);
+    reps = executor_->train(cohort, task, round);
+    s = round_stats(reps);
     std::vector<torch::Tensor> li, lt;
     for (const auto& r : reps) {
-      if (r.image.defined()) li.push_back(r.image);
-      if (r.text.defined()) lt.push_back(r.text);
+      if (r.up.reps.count("image")) li.push_back(r.up.reps.at("image"));
+      if (r.up.reps.count("text")) lt.push_back(r.up.reps.at("text"));
     }
     const auto& c = cfg_.creamfl;
     const auto weighting = c.ensemble == EnsembleMethod::kContrastive
@@ -284,7 +310,7 @@ RoundStats CreamFlStrategy::run_round(const std::vector<const ClientSpec*>& coho
   return s;
 }
 
-void CreamFlStrategy::dump(int64_t round, const std::vector<ClientReps>& reps,
+void CreamFlStrategy::dump(int64_t round, const std::vector<Update>& reps,
                            const torch::Tensor& g_img, const torch::Tensor& g_txt,
                            const torch::Tensor& w_img, const torch::Tensor& w_txt,
                            const torch::Tensor& a_img, const torch::Tensor& a_txt) const {
@@ -296,8 +322,9 @@ void CreamFlStrategy::dump(int64_t round, const std::vector<ClientReps>& reps,
   std::vector<int64_t> img_ids, txt_ids;
   std::vector<torch::Tensor> li, lt;
   for (const auto& r : reps) {
-    if (r.image.defined()) img_ids.push_back(r.id), li.push_back(r.image);
-    if (r.text.defined()) txt_ids.push_back(r.id), lt.push_back(r.text);
+    const auto i = r.up.reps.find("image"), t = r.up.reps.find("text");
+    if (i != r.up.reps.end()) img_ids.push_back(r.client_id), li.push_back(i->second);
+    if (t != r.up.reps.end()) txt_ids.push_back(r.client_id), lt.push_back(t->second);
   }
   put("global_image.npy", g_img);
   put("global_text.npy", g_txt);
@@ -351,12 +378,9 @@ nlohmann::json CreamFlStrategy::describe() const {
   nlohmann::json j = {{"server_image_params", server_.image->num_params()},
                       {"server_text_params", server_.text->num_params()}};
   const char* kinds[3] = {"image", "text", "paired"};
-  for (int k = 0; k < 3; ++k) {
-    const ClientKind kind = static_cast<ClientKind>(k);
-    j[std::string("client_") + kinds[k] + "_params"] =
-        (holds_image(kind) ? work_[size_t(k)].image->num_params() : 0) +
-        (holds_text(kind) ? work_[size_t(k)].text->num_params() : 0);
-  }
+  for (int k = 0; k < 3; ++k)
+    j[std::string("client_") + kinds[k] + "_params"] = client_params_[size_t(k)];
+  j["executor"] = executor_->name();
   return j;
 }
 

@@ -15,6 +15,8 @@
 
 #include <array>
 #include <map>
+#include <memory>
+#include <mutex>
 
 #include "engine/strategy.h"
 
@@ -31,37 +33,31 @@ class CreamFlStrategy : public Strategy {
   void load(const Checkpoint& ck) override;
   nlohmann::json describe() const override;
 
-  // What one client sends: its features of every public sample (undefined for a modality it
-  // does not hold), [N, D] each, L2-normalized.
-  struct ClientReps {
-    int64_t id = 0;
-    torch::Tensor image, text;
-    double loss = 0;
-    bool diverged = false;  // non-finite features: nothing sent, state kept from before
-  };
-
   // The server's distillation step on the ensembles (undefined = no client held that modality:
   // the term is skipped). Returns the mean loss; public for tests.
   double distill(const torch::Tensor& target_img, const torch::Tensor& target_txt);
 
  private:
+  class Task;
   struct ClientState {
     torch::Tensor image, text;  // flat parameters (CPU), undefined if the modality is not held
   };
 
-  ClientReps train_client(const ClientSpec& spec, int64_t round, const torch::Tensor& g_img,
-                          const torch::Tensor& g_txt);
-  ClientState& state_of(const ClientSpec& spec);
+  // The client's persistent model (created on its first round from (seed, id) alone).
+  ClientState state_of(const ClientSpec& spec);
+  void keep_state(int64_t id, ClientState st);
   double server_train(int64_t round);
   torch::Tensor features(Tower& tower, bool image);  // [N, D] of the public set, normalized
-  void dump(int64_t round, const std::vector<ClientReps>& reps, const torch::Tensor& g_img,
+  void dump(int64_t round, const std::vector<Update>& reps, const torch::Tensor& g_img,
             const torch::Tensor& g_txt, const torch::Tensor& w_img, const torch::Tensor& w_txt,
             const torch::Tensor& a_img, const torch::Tensor& a_txt) const;
 
   const Config& cfg_;
   const FederatedData& data_;
   GlobalModel server_;
-  std::array<GlobalModel, 3> work_;  // one client model per kind (heterogeneous encoders)
+  std::unique_ptr<Executor> executor_;
+  std::array<int64_t, 3> client_params_{};  // parameters of a client of each kind
+  std::mutex states_mutex_;
   std::map<int64_t, ClientState> states_;
   std::string run_dir_;
 };

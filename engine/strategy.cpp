@@ -9,15 +9,16 @@ namespace mmfl::engine {
 namespace {
 
 // Weighted mean of one tower over the updates that carry it; returns how many were averaged.
-int64_t average_tower(const std::vector<ClientUpdate>& updates, torch::Tensor ClientUpdate::*field,
-                      Tower& tower, std::vector<int64_t>& skipped) {
+int64_t average_tower(const std::vector<Update>& updates, const std::string& group, Tower& tower,
+                      std::vector<int64_t>& skipped) {
   std::vector<torch::Tensor> rows;
   std::vector<float> weights;
   std::vector<int64_t> ids;
   double total = 0;
   for (const auto& u : updates) {
-    if (!(u.*field).defined()) continue;
-    rows.push_back(u.*field);
+    const auto it = u.up.dense.find(group);
+    if (it == u.up.dense.end()) continue;
+    rows.push_back(it->second.reshape({-1}));
     weights.push_back(float(u.num_samples));
     ids.push_back(u.client_id);
     total += double(u.num_samples);
@@ -39,17 +40,62 @@ int64_t average_tower(const std::vector<ClientUpdate>& updates, torch::Tensor Cl
   return int64_t(rows.size()) - r.skipped;
 }
 
+// FedAvg's local task: every client starts from the global towers of the modalities it holds
+// and sends them back trained.
+class FedAvgTask : public LocalTask {
+ public:
+  FedAvgTask(const Config& cfg, const GlobalModel& global)
+      : cfg_(cfg), image_(global.image->flat()), text_(global.text->flat()) {}
+
+  ClientArch arch(ClientKind) const override { return {cfg_.model.image, cfg_.model.text}; }
+
+  std::unique_ptr<ClientJob> job(const ClientSpec& spec) override {
+    auto j = std::make_unique<Job>();
+    if (holds_image(spec.kind)) j->image = j->down.dense["image"] = image_;
+    if (holds_text(spec.kind)) j->text = j->down.dense["text"] = text_;
+    return j;
+  }
+
+ private:
+  struct Job : ClientJob {
+    void finish(ClientView& model, Update& u) override {
+      if (image.defined()) u.up.dense["image"] = model.flat(Modality::kImage);
+      if (text.defined()) u.up.dense["text"] = model.flat(Modality::kText);
+    }
+  };
+  const Config& cfg_;
+  torch::Tensor image_, text_;  // the global towers, flattened once per round
+};
+
 }  // namespace
 
-AggregateReport FedAvg::aggregate(const std::vector<ClientUpdate>& updates, GlobalModel& global) {
+RoundStats round_stats(const std::vector<Update>& updates) {
+  RoundStats s;
+  s.clients = int64_t(updates.size());
+  int64_t trained = 0;
+  for (const auto& u : updates) {
+    s.bytes_down += u.bytes_down;
+    s.bytes_up += u.bytes_up();
+    if (u.diverged) {
+      s.skipped.push_back(u.client_id);
+      continue;
+    }
+    s.train_loss += u.loss;
+    ++trained;
+  }
+  if (trained > 0) s.train_loss /= double(trained);
+  return s;
+}
+
+AggregateReport FedAvg::aggregate(const std::vector<Update>& updates, GlobalModel& global) {
   AggregateReport rep;
-  rep.image_clients = average_tower(updates, &ClientUpdate::image, *global.image, rep.skipped);
-  rep.text_clients = average_tower(updates, &ClientUpdate::text, *global.text, rep.skipped);
+  rep.image_clients = average_tower(updates, "image", *global.image, rep.skipped);
+  rep.text_clients = average_tower(updates, "text", *global.text, rep.skipped);
   return rep;
 }
 
 FedAvgStrategy::FedAvgStrategy(const Config& cfg, const FederatedData& data)
-    : cfg_(cfg), data_(data), executor_(cfg, data) {
+    : cfg_(cfg), data_(data), executor_(make_executor(cfg, data)) {
   const auto dev = data.pool.images.device();
   torch::manual_seed(cfg.seed);
   global_.image = make_image_tower(cfg.model.image, data.height, data.width, data.num_classes);
@@ -60,15 +106,10 @@ FedAvgStrategy::FedAvgStrategy(const Config& cfg, const FederatedData& data)
 }
 
 RoundStats FedAvgStrategy::run_round(const std::vector<const ClientSpec*>& cohort, int64_t round) {
-  const auto updates = executor_.train(cohort, global_, round);
+  FedAvgTask task(cfg_, global_);
+  const auto updates = executor_->train(cohort, task, round);
   const auto rep = FedAvg::aggregate(updates, global_);
-  RoundStats s;
-  s.clients = int64_t(updates.size());
-  for (const auto& u : updates) {
-    s.train_loss += u.loss / double(updates.size());
-    s.bytes_up += u.bytes_up;
-    s.bytes_down += u.bytes_down;
-  }
+  RoundStats s = round_stats(updates);
   s.skipped = rep.skipped;
   s.extra["image_clients"] = rep.image_clients;
   s.extra["text_clients"] = rep.text_clients;
@@ -93,7 +134,8 @@ void FedAvgStrategy::load(const Checkpoint& ck) {
 
 nlohmann::json FedAvgStrategy::describe() const {
   return {{"image_tower_params", global_.image->num_params()},
-          {"text_tower_params", global_.text->num_params()}};
+          {"text_tower_params", global_.text->num_params()},
+          {"executor", executor_->name()}};
 }
 
 std::unique_ptr<Strategy> make_strategy(const Config& cfg, const FederatedData& data,

@@ -47,12 +47,15 @@ struct AggregateReport {
   std::vector<int64_t> skipped;  // client ids whose update held NaN/Inf and was dropped
 };
 
-// FedAvg's server step: each tower becomes the sample-weighted mean of the towers sent by the
-// clients that hold its modality; a tower that no client sent is kept.
+// FedAvg's server step: each tower becomes the sample-weighted mean of the dense groups "image"
+// and "text" sent by the clients that hold its modality; a tower that no client sent is kept.
 class FedAvg {
  public:
-  static AggregateReport aggregate(const std::vector<ClientUpdate>& updates, GlobalModel& global);
+  static AggregateReport aggregate(const std::vector<Update>& updates, GlobalModel& global);
 };
+
+// Accounting common to every strategy: clients, mean loss and bytes from the updates.
+RoundStats round_stats(const std::vector<Update>& updates);
 
 class FedAvgStrategy : public Strategy {
  public:
@@ -68,7 +71,7 @@ class FedAvgStrategy : public Strategy {
   const Config& cfg_;
   const FederatedData& data_;
   GlobalModel global_;
-  SequentialExecutor executor_;
+  std::unique_ptr<Executor> executor_;
 };
 
 }  // namespace mmfl::engine

@@ -12,14 +12,13 @@ GlobalModel tiny_model() {
   return GlobalModel{make_image_tower(img, 2, 2, 2), make_text_tower(txt, 6, 4, 2)};
 }
 
-ClientUpdate update(int64_t id, ClientKind kind, int64_t samples, torch::Tensor img,
-                    torch::Tensor txt) {
-  ClientUpdate u;
+Update update(int64_t id, ClientKind kind, int64_t samples, torch::Tensor img, torch::Tensor txt) {
+  Update u;
   u.client_id = id;
   u.kind = kind;
   u.num_samples = samples;
-  u.image = img;
-  u.text = txt;
+  if (img.defined()) u.up.dense["image"] = img;
+  if (txt.defined()) u.up.dense["text"] = txt;
   return u;
 }
 
@@ -31,7 +30,7 @@ TEST(FedAvg, ExactOnSmallIntegersWithUnequalWeights) {
   const auto t1 = torch::fmod(torch::arange(pt, torch::kFloat32), 4.0);
   const auto text_before = g.text->flat();
   // Samples 1, 3 and 4: weights 1/8, 3/8, 4/8, exact in binary.
-  std::vector<ClientUpdate> ups = {update(0, ClientKind::kImage, 1, a, {}),
+  std::vector<Update> ups = {update(0, ClientKind::kImage, 1, a, {}),
                                    update(1, ClientKind::kPaired, 3, b, t1),
                                    update(2, ClientKind::kImage, 4, c, {})};
   const auto rep = FedAvg().aggregate(ups, g);
