@@ -76,6 +76,9 @@ int run_cli(int argc, char** argv) {
   std::string report_metrics = "image_acc,text_acc,i2t_r1,i2t_r10,t2i_r1,t2i_r10", report_out;
   report->add_option("dirs", report_dirs, "run or sweep directories")->required();
   report->add_option("--metrics", report_metrics, "comma-separated metrics of metrics.jsonl");
+  std::string report_baseline;
+  report->add_option("--baseline", report_baseline,
+                     "a setting's label: add each setting's difference to it, paired by seed");
   report
       ->add_option("--out", report_out,
                    "write PREFIX.csv and PREFIX.json (default: <first DIR>/summary)")
@@ -113,7 +116,7 @@ int run_cli(int argc, char** argv) {
     const RunSet set = collect_runs(report_dirs);
     for (const auto& [dir, why] : set.left_out)
       std::cerr << "mmfl: left out " << dir << " (" << why << ")" << std::endl;
-    const Report r = make_report(set, metrics);
+    const Report r = make_report(set, metrics, report_baseline);
     if (report_out.empty()) {
       const bool is_run = std::filesystem::exists(report_dirs[0] + "/metrics.jsonl");
       report_out = is_run ? "summary" : report_dirs[0] + "/summary";

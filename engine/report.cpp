@@ -110,7 +110,9 @@ std::string cell(const MeanCi& s, double scale, const char* f) {
   std::snprintf(buf, sizeof(buf), f, s.mean * scale);
   std::string out = buf;
   if (s.n >= 2) {
-    std::snprintf(buf, sizeof(buf), f, s.half * scale);
+    std::string fh = f;  // the half-width without a forced sign
+    fh.erase(std::remove(fh.begin(), fh.end(), '+'), fh.end());
+    std::snprintf(buf, sizeof(buf), fh.c_str(), s.half * scale);
     out += std::string(" ± ") + buf;
   }
   return out;
@@ -275,7 +277,8 @@ std::vector<Setting> group_runs(const RunSet& set) {
   return out;
 }
 
-Report make_report(const RunSet& set, const std::vector<std::string>& metrics) {
+Report make_report(const RunSet& set, const std::vector<std::string>& metrics,
+                   const std::string& baseline) {
   MMFL_CHECK(!metrics.empty(), "name at least one metric");
   const auto settings = group_runs(set);
   Report rep;
@@ -353,6 +356,52 @@ Report make_report(const RunSet& set, const std::vector<std::string>& metrics) {
     csv << "," << num(su.mean) << "," << num(su.half) << "," << num(sd.mean) << "," << num(sd.half)
         << "," << num(sw.mean) << "," << num(sw.half) << "\n";
     rep.json["settings"].push_back(sj);
+  }
+  if (!baseline.empty()) {
+    const Setting* base = nullptr;
+    std::string labels;
+    for (const auto& s : settings) {
+      if (s.label == baseline) base = &s;
+      labels += (labels.empty() ? "'" : ", '") + s.label + "'";
+    }
+    MMFL_CHECK(base, "--baseline '", baseline, "' is not a setting; the settings are ", labels);
+    auto final_of = [](const RunRecord& r, const std::string& m) {
+      double last = std::numeric_limits<double>::quiet_NaN();
+      for (const auto& line : r.rounds)
+        if (line.contains(m) && line[m].is_number()) last = line[m].get<double>();
+      return last;
+    };
+    auto seed_of = [](const RunRecord& r) {
+      return r.config.count("seed") ? r.config.at("seed") : std::string("?");
+    };
+    md << "\nDifference to `" << baseline
+       << "`, paired by seed (final values):\n\n| setting | pairs |";
+    for (const auto& m : metrics)
+      md << " " << m << (percent_metric(m) ? " (points)" : "") << " |";
+    md << "\n|---|---|";
+    for (size_t i = 0; i < metrics.size(); ++i)
+      md << "---|";
+    md << "\n";
+    rep.json["baseline"] = baseline;
+    for (size_t k = 0; k < settings.size(); ++k) {
+      const auto& s = settings[k];
+      if (&s == base) continue;
+      std::vector<std::pair<const RunRecord*, const RunRecord*>> pairs;
+      for (const auto* r : s.runs)
+        for (const auto* b : base->runs)
+          if (seed_of(*r) == seed_of(*b)) pairs.push_back({r, b});
+      md << "| " << s.label << " | " << pairs.size() << " |";
+      for (const auto& m : metrics) {
+        std::vector<double> d;
+        for (const auto& [r, b] : pairs)
+          d.push_back(final_of(*r, m) - final_of(*b, m));
+        const auto st = mean_ci95(d);
+        rep.json["settings"][k]["vs_baseline"][m] = stat_json(st, d);
+        md << " " << (d.empty() ? std::string("-") : cell(st, percent_metric(m) ? 100 : 1, "%+.2f"))
+           << " |";
+      }
+      md << "\n";
+    }
   }
   rep.markdown = md.str();
   rep.csv = csv.str();

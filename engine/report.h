@@ -54,7 +54,12 @@ struct Report {
   std::string markdown;  // the table
   std::string csv;       // one row per setting
 };
-Report make_report(const RunSet& set, const std::vector<std::string>& metrics);
+// With `baseline` (a setting's label), also the difference of every other setting's final
+// metrics to it, paired by seed (runs of both settings with the same seed): mean and 95% CI of
+// the per-seed differences, which removes the variation the seed causes in both (partition,
+// public set, initialization). Seeds missing from either side are left out of the pairs.
+Report make_report(const RunSet& set, const std::vector<std::string>& metrics,
+                   const std::string& baseline = "");
 
 enum class XAxis { kRound, kBytes, kTime };
 XAxis x_axis_from(const std::string& s);  // round | bytes | time

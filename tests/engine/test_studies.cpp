@@ -193,6 +193,21 @@ TEST_F(ReportOnRuns, MeansAndIntervalsPerSetting) {
   EXPECT_NE(rep.csv.find("creamfl creamfl.kd_weight=0.3,3,0.82,0.04968"), std::string::npos)
       << rep.csv;
 
+  // Paired by seed against kd=0.3: seeds 1 and 2 (kd=3's seed 3 is unfinished); differences
+  // 0.70 - 0.80 = -0.10 and 0.74 - 0.82 = -0.08: mean -0.09, half t(1) * 0.0141421 / sqrt(2).
+  const auto paired = make_report(set, {"image_acc"}, "creamfl creamfl.kd_weight=0.3");
+  const auto& vs = paired.json["settings"][1]["vs_baseline"]["image_acc"];
+  EXPECT_EQ(vs["n"], 2);
+  EXPECT_NEAR(vs["mean"].get<double>(), -0.09, 1e-12);
+  EXPECT_NEAR(vs["ci95"].get<double>(), 0.1270620, 1e-6);
+  EXPECT_NE(paired.markdown.find("| creamfl creamfl.kd_weight=3 | 2 | -9.00 ± 12.71 |"),
+            std::string::npos)
+      << paired.markdown;
+  EXPECT_NE(error_of([&] {
+              make_report(set, {"image_acc"}, "nope");
+            }).find("--baseline 'nope' is not a setting; the settings are 'creamfl"),
+            std::string::npos);
+
   // Curves: per round, mean and band over the setting's seeds.
   const auto c = make_curves(set, "image_acc", XAxis::kRound);
   ASSERT_EQ(c["series"].size(), 3u);
