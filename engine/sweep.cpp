@@ -246,6 +246,29 @@ SweepSummary run_sweep(const SweepOptions& opts) {
   const int64_t jobs = std::max<int64_t>(1, opts.jobs);
   const int64_t threads = std::max<int64_t>(1, cores / jobs);
 
+  // Runs of earlier invocations with another grid or seeds stay in the index (their
+  // directories are kept and `mmfl report` reads them), with their status refreshed.
+  nlohmann::json earlier = nlohmann::json::array();
+  if (fs::exists(dir / "sweep.json")) {
+    try {
+      const auto old = nlohmann::json::parse(read_text(dir / "sweep.json"));
+      std::set<std::string> now;
+      for (const auto& r : runs)
+        now.insert(r.name);
+      for (const auto* list : {&old["runs"], &old["earlier_runs"]}) {
+        if (!list->is_array()) continue;
+        for (auto r : *list)
+          if (r.is_object() && r.contains("dir") && r["dir"].is_string() &&
+              !now.count(r["dir"].get<std::string>()) &&
+              fs::exists(dir / r["dir"].get<std::string>())) {
+            r["status"] = status_of(dir / r["dir"].get<std::string>());
+            earlier.push_back(r);
+          }
+      }
+    } catch (const nlohmann::json::exception&) {
+      // A damaged index is rebuilt from the run directories of this invocation.
+    }
+  }
   std::vector<std::string> status(runs.size());
   std::vector<nlohmann::json> extra(runs.size(), nlohmann::json::object());
   for (size_t i = 0; i < runs.size(); ++i)
@@ -271,6 +294,7 @@ SweepSummary run_sweep(const SweepOptions& opts) {
       r["status"] = status[i];
       j["runs"].push_back(r);
     }
+    if (!earlier.empty()) j["earlier_runs"] = earlier;
     write_file_atomic((dir / "sweep.json").string(), j.dump(2) + "\n");
   };
   write_index();

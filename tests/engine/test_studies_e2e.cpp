@@ -135,6 +135,15 @@ TEST_F(Studies, InterruptedSweepFinishesAndKeepsFinishedRuns) {
   EXPECT_EQ(s.finished, 4);
   EXPECT_EQ(slurp(first / "metrics.jsonl"), first_metrics);
 
+  // Seeds 1-2 again with only the first setting: the index keeps the other setting's runs.
+  auto one = o;
+  one.grid = {parse_grid_axis("train.lr=0.05")};
+  ASSERT_EQ(run_sweep(one).finished, 2);
+  idx = nlohmann::json::parse(slurp(base_ / "sweep" / "sweep.json"));
+  EXPECT_EQ(idx["runs"].size(), 2u);
+  ASSERT_EQ(idx["earlier_runs"].size(), 2u);
+  EXPECT_EQ(idx["earlier_runs"][0]["status"], "finished");
+
   // A sweep directory whose runs came from another config is refused, not mixed.
   o.sets.push_back("train.epochs=2");
   EXPECT_THROW(run_sweep(o), Error);
