@@ -312,7 +312,12 @@ SweepSummary run_sweep(const SweepOptions& opts) {
   if (opts.limit > 0 && int64_t(todo.size()) > opts.limit) todo.resize(size_t(opts.limit));
 
   g_sweep_interrupted = 0;
-  auto old_handler = std::signal(SIGINT, on_sweep_sigint);
+  // Without SA_RESTART, so that a SIGINT sent to the sweep alone interrupts waitpid below.
+  struct sigaction sa {
+  }, old_sa{};
+  sa.sa_handler = on_sweep_sigint;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, &old_sa);
   std::map<pid_t, size_t> live;
   std::map<pid_t, std::chrono::steady_clock::time_point> started;
   bool forwarded = false;
@@ -337,6 +342,9 @@ SweepSummary run_sweep(const SweepOptions& opts) {
       const pid_t pid = fork();
       MMFL_CHECK(pid >= 0, "sweep: fork failed: ", std::strerror(errno));
       if (pid == 0) {
+        // Its own process group: a Ctrl-C at the terminal reaches the sweep alone, which passes
+        // exactly one SIGINT on (a second one would end a run while it writes its checkpoint).
+        setpgid(0, 0);
         const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
         if (fd >= 0) {
           dup2(fd, 1);
@@ -400,7 +408,7 @@ SweepSummary run_sweep(const SweepOptions& opts) {
                                      " (log: " + (rdir / "console.log").string() + ")"
                                : ""));
   }
-  std::signal(SIGINT, old_handler);
+  sigaction(SIGINT, &old_sa, nullptr);
 
   SweepSummary s;
   s.dir = dir.string();
