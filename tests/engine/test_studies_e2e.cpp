@@ -3,11 +3,17 @@
 // finished one untouched; `mmfl plot` draws PNG and SVG files and refuses a folder without runs.
 #include <gtest/gtest.h>
 
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <thread>
 
 #include "engine/config.h"
 #include "engine/report.h"
@@ -147,6 +153,44 @@ TEST_F(Studies, InterruptedSweepFinishesAndKeepsFinishedRuns) {
   // A sweep directory whose runs came from another config is refused, not mixed.
   o.sets.push_back("train.epochs=2");
   EXPECT_THROW(run_sweep(o), Error);
+}
+
+TEST_F(Studies, SigintStopsTheRunningRunsWithACheckpoint) {
+  const std::string config = tiny_config(), out = (base_ / "sweep").string(),
+                    root = "data.root=" + data_root(), bin = MMFL_BINARY;
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    execl(bin.c_str(), bin.c_str(), "sweep", config.c_str(), "--set", "rounds=1000000", "--set",
+          root.c_str(), "--seeds", "1-3", "--jobs", "2", "--quiet", "--out", out.c_str(),
+          static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  // Both running runs have finished a round: then Ctrl-C (to the sweep alone).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  auto rounds_in = [&](const char* run) {
+    std::ifstream in(fs::path(out) / run / "metrics.jsonl");
+    return std::count(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>(), '\n');
+  };
+  while ((rounds_in("seed=1") < 1 || rounds_in("seed=2") < 1) &&
+         std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  kill(pid, SIGINT);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  const auto idx = nlohmann::json::parse(slurp(fs::path(out) / "sweep.json"));
+  EXPECT_EQ(idx["runs"][0]["status"], "stopped");
+  EXPECT_EQ(idx["runs"][1]["status"], "stopped");
+  EXPECT_EQ(idx["runs"][2]["status"], "pending");  // not started after the interrupt
+  for (const char* run : {"seed=1", "seed=2"}) {
+    const auto m = metrics((fs::path(out) / run).string());
+    ASSERT_FALSE(m.empty());
+    char ck[40];
+    std::snprintf(ck, sizeof(ck), "round_%06d.ckpt", m.back()["round"].get<int>());
+    EXPECT_TRUE(fs::exists(fs::path(out) / run / "checkpoints" / ck)) << run << " " << ck;
+  }
 }
 
 TEST_F(Studies, PlotWritesPngAndSvgAndRefusesNoRuns) {
