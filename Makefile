@@ -53,6 +53,12 @@ venv:
 	  echo "mmfl: installing torch==$(TORCH_VER) from PyPI into .venv (about 3 GB with its CUDA libraries)"; \
 	  .venv/bin/pip install --progress-bar off -q torch==$(TORCH_VER); \
 	fi
+	@if ! $(PYTHON) -c "import matplotlib" 2>/dev/null; then \
+	  if [ "$(PYTHON)" = ".venv/bin/python" ]; then \
+	    echo "mmfl: installing matplotlib from PyPI into .venv (for mmfl plot)"; \
+	    .venv/bin/pip install --progress-bar off -q matplotlib; \
+	  else echo "mmfl: note: $(PYTHON) has no matplotlib; mmfl plot needs it (pip install matplotlib)"; fi; \
+	fi
 
 # Kernels-only builds under the sanitizers (no LibTorch): the SIMT-emulated kernel tests.
 asan:

@@ -4,14 +4,19 @@
 #include <CLI/CLI.hpp>
 
 #include <csignal>
+#include <cstdlib>
 #include <exception>
 #include <filesystem>
 #include <iostream>
+#include <sstream>
 #include <string>
 #include <vector>
 
+#include "engine/checkpoint.h"
 #include "engine/config.h"
+#include "engine/report.h"
 #include "engine/run.h"
+#include "engine/sweep.h"
 #include "mmfl/error.h"
 
 namespace {
@@ -59,6 +64,48 @@ int run_cli(int argc, char** argv) {
   validate->add_option("--set", validate_overrides, "override a config key")
       ->type_name("KEY=VALUE");
 
+  auto* sweep = app.add_subcommand(
+      "sweep", "run a config over a grid of overrides and seeds (continues an existing sweep)");
+  std::string sweep_path, seeds;
+  std::vector<std::string> grid_args, sweep_sets;
+  SweepOptions sw;
+  sweep->add_option("config", sweep_path, "experiment config (YAML)")->required();
+  sweep
+      ->add_option("--grid", grid_args, "a key and its values, e.g. --grid creamfl.kd_weight=0.3,3")
+      ->type_name("KEY=V1,V2,...");
+  sweep->add_option("--seeds", seeds, "seeds, e.g. 1-5 or 1,3,7 (default: the config's seed)");
+  sweep->add_option("--set", sweep_sets, "override a config key in every run")
+      ->type_name("KEY=VALUE");
+  sweep->add_option("--out", sw.out_dir, "sweep directory (default sweeps/<name>-<timestamp>)");
+  sweep->add_option("--jobs", sw.jobs, "runs at once; each gets cores/jobs threads (default 1)")
+      ->check(CLI::PositiveNumber);
+  sweep->add_option("--limit", sw.limit, "start at most this many runs now (0: all)")
+      ->check(CLI::NonNegativeNumber);
+  sweep->add_flag("--quiet", sw.quiet, "no progress lines");
+
+  auto* report = app.add_subcommand(
+      "report", "table over runs or sweeps: mean +- 95% CI over seeds per setting");
+  std::vector<std::string> report_dirs;
+  std::string report_metrics = "image_acc,text_acc,i2t_r1,i2t_r10,t2i_r1,t2i_r10", report_out;
+  report->add_option("dirs", report_dirs, "run or sweep directories")->required();
+  report->add_option("--metrics", report_metrics, "comma-separated metrics of metrics.jsonl");
+  std::string report_baseline;
+  report->add_option("--baseline", report_baseline,
+                     "a setting's label: add each setting's difference to it, paired by seed");
+  report
+      ->add_option("--out", report_out,
+                   "write PREFIX.csv and PREFIX.json (default: <first DIR>/summary)")
+      ->type_name("PREFIX");
+
+  auto* plot = app.add_subcommand("plot", "curves per setting: mean and 95% band over seeds");
+  std::vector<std::string> plot_dirs;
+  std::string plot_metric = "image_acc", plot_x = "round", plot_out;
+  plot->add_option("dirs", plot_dirs, "run or sweep directories")->required();
+  plot->add_option("--metric", plot_metric, "a metric of metrics.jsonl (default image_acc)");
+  plot->add_option("--x", plot_x, "round | bytes | time (default round)")
+      ->check(CLI::IsMember({"round", "bytes", "time"}));
+  plot->add_option("--out", plot_out, "FILE.png or FILE.svg")->required();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -72,6 +119,42 @@ int run_cli(int argc, char** argv) {
     std::cout << cfg.resolved_yaml;
     std::cerr << "mmfl: " << validate_path << " is valid" << std::endl;
     return 0;
+  }
+
+  if (*report) {
+    std::vector<std::string> metrics;
+    std::stringstream ss(report_metrics);
+    for (std::string m; std::getline(ss, m, ',');)
+      if (!m.empty()) metrics.push_back(m);
+    const RunSet set = collect_runs(report_dirs);
+    for (const auto& [dir, why] : set.left_out)
+      std::cerr << "mmfl: left out " << dir << " (" << why << ")" << std::endl;
+    const Report r = make_report(set, metrics, report_baseline);
+    if (report_out.empty()) {
+      const bool is_run = std::filesystem::exists(report_dirs[0] + "/metrics.jsonl");
+      report_out = is_run ? "summary" : report_dirs[0] + "/summary";
+    }
+    write_file_atomic(report_out + ".csv", r.csv);
+    write_file_atomic(report_out + ".json", r.json.dump(2) + "\n");
+    std::cout << r.markdown;
+    std::cerr << "mmfl: wrote " << report_out << ".csv and " << report_out << ".json" << std::endl;
+    return 0;
+  }
+  if (*plot) {
+    const char* py = std::getenv("MMFL_PYTHON");
+    const char* script = std::getenv("MMFL_PLOT_SCRIPT");
+    plot_runs(plot_dirs, plot_metric, x_axis_from(plot_x), plot_out, py ? py : MMFL_PYTHON,
+              script ? script : MMFL_PLOT_SCRIPT);
+    return 0;
+  }
+  if (*sweep) {
+    sw.config_path = sweep_path;
+    sw.sets = sweep_sets;
+    for (const auto& g : grid_args)
+      sw.grid.push_back(parse_grid_axis(g));
+    if (!seeds.empty()) sw.seeds = parse_seed_list(seeds);
+    const SweepSummary s = run_sweep(sw);
+    return s.failed > 0 ? 1 : 0;
   }
 
   RunOptions opts;

@@ -24,6 +24,7 @@
 #include "engine/checkpoint_format.h"
 #include "engine/data.h"
 #include "engine/population.h"
+#include "engine/provenance.h"
 #include "engine/strategy.h"
 #include "mmfl/error.h"
 #include "modalities/file_io.h"
@@ -165,6 +166,7 @@ class Experiment {
     create_dir(dir_ / "checkpoints");
     const std::string config_hash = fnv1a_hex(cfg_.resolved_yaml);
     if (!resume) write_file_atomic((dir_ / "config.yaml").string(), cfg_.resolved_yaml);
+    ProvenanceLog provenance(dir_.string(), device.str(), resume);
 
     log("mmfl: run '" + cfg_.name + "' in " + dir_.string() + " on " + device.str());
     const auto vocab = dir_ / "vocab.txt";
@@ -217,6 +219,7 @@ class Experiment {
     } close_metrics{metrics_fd};
     int64_t round = start;
     bool evaluated = false;
+    eta_.start(start, cfg_.rounds);
     while (round < cfg_.rounds) {
       ++round;
       const auto t0 = Clock::now();
@@ -296,6 +299,7 @@ class Experiment {
     sum.finished = round >= cfg_.rounds;
     sum.wall_s = std::chrono::duration<double>(Clock::now() - t_start).count();
     write_report(sum, device, *strategy);
+    provenance.finish(sum.rounds_done, sum.finished);
     return sum;
   }
 
@@ -316,7 +320,8 @@ class Experiment {
          << fmt("%.1f", 100 * m["i2t_r10"].get<double>()) << " t2i R@1 "
          << fmt("%.1f", 100 * m["t2i_r1"].get<double>());
     }
-    os << " | " << fmt("%.1f", m["clients_per_s"]) << " clients/s " << fmt("%.2f s", m["wall_s"]);
+    os << " | " << fmt("%.1f", m["clients_per_s"]) << " clients/s " << fmt("%.2f s", m["wall_s"])
+       << " | " << eta_.after(round);
     std::cout << os.str() << std::endl;
   }
 
@@ -507,6 +512,7 @@ class Experiment {
   Config cfg_;
   fs::path dir_;
   RunOptions opts_;
+  Eta eta_;
 };
 
 std::string timestamp() {
