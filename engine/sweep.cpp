@@ -395,7 +395,9 @@ SweepSummary run_sweep(const SweepOptions& opts) {
     const fs::path rdir = dir / runs[i].name;
     const int code = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
     status[i] = status_of(rdir);
-    if (status[i] == "pending" || (status[i] == "stopped" && code != 0)) status[i] = "failed";
+    // `mmfl run` stopped by SIGINT/SIGTERM checkpoints and exits 130/143: stopped, not failed.
+    const bool clean_stop = code == 0 || code == 130 || code == 143;
+    if (status[i] == "pending" || (status[i] == "stopped" && !clean_stop)) status[i] = "failed";
     extra[i]["exit_code"] = code;
     extra[i]["wall_s_last_session"] = secs;
     if (status[i] == "failed") extra[i]["error"] = last_line(rdir / "console.log");
