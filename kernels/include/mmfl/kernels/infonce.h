@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "mmfl/kernels/common.h"
+#include "mmfl/kernels/cpu.h"
 
 namespace mmfl::kernels {
 
@@ -18,7 +19,7 @@ namespace mmfl::kernels {
 //   tau
 // Requirements: n >= 1, d >= 1, tau > 0 (checked on the CPU path; the device paths read tau on
 // the device and cannot check it without a sync).
-namespace cpu {
+namespace ref {
 
 void infonce_forward(const float* img,  // [n, d] row-major
                      const float* txt,  // [n, d] row-major
@@ -38,6 +39,34 @@ void infonce_backward(const float* img,  // [n, d] row-major
                       float* grad_img,         // [n, d]
                       float* grad_txt,         // [n, d]
                       float* grad_tau);        // [1]
+
+}  // namespace ref
+
+namespace cpu {
+
+// The fast path: as namespace ref, in fp32 tiles with vectorized loops, on the threads of
+// ctx.parallel_for; bit-identical for any number of threads.
+
+void infonce_forward(const float* img,  // [n, d] row-major
+                     const float* txt,  // [n, d] row-major
+                     int64_t n, int64_t d,
+                     const float* tau,  // [1]
+                     float* loss,       // [1]
+                     float* lse_img,    // [n]
+                     float* lse_txt,    // [n]
+                     const Context& ctx = {});
+
+void infonce_backward(const float* img,  // [n, d] row-major
+                      const float* txt,  // [n, d] row-major
+                      int64_t n, int64_t d,
+                      const float* tau,        // [1]
+                      const float* lse_img,    // [n] from infonce_forward
+                      const float* lse_txt,    // [n] from infonce_forward
+                      const float* grad_loss,  // [1]
+                      float* grad_img,         // [n, d]
+                      float* grad_txt,         // [n, d]
+                      float* grad_tau,         // [1]
+                      const Context& ctx = {});
 
 }  // namespace cpu
 

@@ -1,0 +1,210 @@
+// The fast CPU path's single-precision GEMM (see mmfl/kernels/cpu.h): op(A) and op(B) packed into
+// panels, then a register-blocked micro-kernel of MR x NR outputs per step, written with GCC
+// vector extensions and compiled once per instruction set. The packing absorbs the transposes, so
+// S = A B^T, P B and P^T A run the same micro-kernel.
+#include <algorithm>
+#include <vector>
+
+#include "mmfl/error.h"
+#include "simd.h"
+
+namespace mmfl::kernels::cpu {
+namespace {
+
+// Depth of one packed panel: an MR x kKc strip of A and a kKc x NR strip of B stay in L1
+// (8 x 256 x 4 B + 256 x 32 x 4 B = 40 KiB for AVX-512's tile).
+constexpr int64_t kKc = 256;
+
+// Element (r, c) of op(X) for a row-major X with row stride ld.
+struct View {
+  const float* p;
+  int64_t ld;
+  Transpose t;
+  float at(int64_t r, int64_t c) const {
+    return t == Transpose::kNo ? p[r * ld + c] : p[c * ld + r];
+  }
+};
+
+// Packs rows [r0, r0 + rows) x depth [k0, k0 + kc) of op(A) into strips of MR rows, each stored
+// depth-major (kc x MR), zero-padded to a whole strip.
+template <int MR>
+void pack_a(const View& a, int64_t r0, int64_t rows, int64_t k0, int64_t kc, float* dst) {
+  for (int64_t s = 0; s < rows; s += MR) {
+    const int64_t mr = std::min<int64_t>(MR, rows - s);
+    for (int64_t p = 0; p < kc; ++p) {
+      for (int64_t i = 0; i < mr; ++i)
+        dst[p * MR + i] = a.at(r0 + s + i, k0 + p);
+      for (int64_t i = mr; i < MR; ++i)
+        dst[p * MR + i] = 0.0f;
+    }
+    dst += kc * MR;
+  }
+}
+
+// Packs depth [k0, k0 + kc) x columns [0, cols) of op(B) into strips of NR columns (kc x NR).
+template <int NR>
+void pack_b(const View& b, int64_t k0, int64_t kc, int64_t cols, float* dst) {
+  for (int64_t s = 0; s < cols; s += NR) {
+    const int64_t nr = std::min<int64_t>(NR, cols - s);
+    if (b.t == Transpose::kNo) {
+      for (int64_t p = 0; p < kc; ++p) {
+        const float* src = b.p + (k0 + p) * b.ld + s;
+        for (int64_t j = 0; j < nr; ++j)
+          dst[p * NR + j] = src[j];
+        for (int64_t j = nr; j < NR; ++j)
+          dst[p * NR + j] = 0.0f;
+      }
+    } else {  // op(B)[p, j] = B[j, p]: read B's rows, write the strip's columns
+      for (int64_t j = 0; j < nr; ++j) {
+        const float* src = b.p + (s + j) * b.ld + k0;
+        for (int64_t p = 0; p < kc; ++p)
+          dst[p * NR + j] = src[p];
+      }
+      for (int64_t j = nr; j < NR; ++j)
+        for (int64_t p = 0; p < kc; ++p)
+          dst[p * NR + j] = 0.0f;
+    }
+    dst += kc * NR;
+  }
+}
+
+// MR x (NV * V lanes) outputs: acc += A strip (kc x MR) times B strip (kc x NR), then C = acc
+// (+ C when accumulate), only the mr x nr corner inside the matrix.
+template <typename V, int MR, int NV>
+__attribute__((always_inline)) inline void micro_kernel(int64_t kc, const float* ap,
+                                                        const float* bp, float* c, int64_t ldc,
+                                                        bool accumulate, int64_t mr, int64_t nr) {
+  constexpr int W = sizeof(V) / sizeof(float);
+  constexpr int NR = NV * W;
+  V acc[MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v)
+      acc[i][v] = V{};
+  for (int64_t p = 0; p < kc; ++p) {
+    V bv[NV];
+    for (int v = 0; v < NV; ++v)
+      std::memcpy(&bv[v], bp + p * NR + v * W, sizeof(V));
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const V ai = V{} + ap[p * MR + i];
+      for (int v = 0; v < NV; ++v)
+        acc[i][v] += ai * bv[v];
+    }
+  }
+  if (mr == MR && nr == NR) {
+    for (int i = 0; i < MR; ++i) {
+      for (int v = 0; v < NV; ++v) {
+        float* dst = c + i * ldc + v * W;
+        V out = acc[i][v];
+        if (accumulate) {
+          V old;
+          std::memcpy(&old, dst, sizeof(V));
+          out += old;
+        }
+        std::memcpy(dst, &out, sizeof(V));
+      }
+    }
+    return;
+  }
+  alignas(64) float tile[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v)
+      std::memcpy(&tile[i][v * W], &acc[i][v], sizeof(V));
+  for (int64_t i = 0; i < mr; ++i)
+    for (int64_t j = 0; j < nr; ++j)
+      c[i * ldc + j] = accumulate ? c[i * ldc + j] + tile[i][j] : tile[i][j];
+}
+
+template <typename V, int MR, int NV>
+__attribute__((always_inline)) inline void gemm_blocked(const View& a, const View& b, int64_t m,
+                                                        int64_t n, int64_t k, float beta, float* c,
+                                                        int64_t ldc) {
+  constexpr int NR = NV * int(sizeof(V) / sizeof(float));
+  thread_local std::vector<float> a_pack, b_pack;
+  const int64_t m_strips = detail::ceil_div(m, MR), n_strips = detail::ceil_div(n, NR);
+  for (int64_t k0 = 0; k0 < k; k0 += kKc) {
+    const int64_t kc = std::min(kKc, k - k0);
+    const bool accumulate = k0 > 0 || beta != 0.0f;
+    if (b_pack.size() < size_t(n_strips * NR * kc)) b_pack.resize(size_t(n_strips * NR * kc));
+    if (a_pack.size() < size_t(m_strips * MR * kc)) a_pack.resize(size_t(m_strips * MR * kc));
+    pack_b<NR>(b, k0, kc, n, b_pack.data());
+    pack_a<MR>(a, 0, m, k0, kc, a_pack.data());
+    for (int64_t js = 0; js < n_strips; ++js) {
+      const int64_t nr = std::min<int64_t>(NR, n - js * NR);
+      for (int64_t is = 0; is < m_strips; ++is) {
+        const int64_t mr = std::min<int64_t>(MR, m - is * MR);
+        micro_kernel<V, MR, NV>(kc, a_pack.data() + is * MR * kc, b_pack.data() + js * NR * kc,
+                                c + is * MR * ldc + js * NR, ldc, accumulate, mr, nr);
+      }
+    }
+  }
+}
+
+// Micro-kernel shapes per instruction set, from the register files: AVX-512 has 32 zmm
+// registers, 8 x 32 outputs take 16; AVX2 has 16 ymm, 6 x 16 take 12; SSE2 has 16 xmm, 4 x 8 take
+// 8. Each leaves room for the B vectors and the A broadcast.
+typedef float V16 __attribute__((vector_size(64)));
+typedef float V8 __attribute__((vector_size(32)));
+typedef float V4 __attribute__((vector_size(16)));
+
+using GemmFn = void (*)(const View&, const View&, int64_t, int64_t, int64_t, float, float*,
+                        int64_t);
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target("arch=x86-64-v4"))) void gemm_avx512(const View& a, const View& b, int64_t m,
+                                                           int64_t n, int64_t k, float beta,
+                                                           float* c, int64_t ldc) {
+  gemm_blocked<V16, 8, 2>(a, b, m, n, k, beta, c, ldc);
+}
+__attribute__((target("arch=x86-64-v3"))) void gemm_avx2(const View& a, const View& b, int64_t m,
+                                                         int64_t n, int64_t k, float beta, float* c,
+                                                         int64_t ldc) {
+  gemm_blocked<V8, 6, 2>(a, b, m, n, k, beta, c, ldc);
+}
+#endif
+void gemm_baseline(const View& a, const View& b, int64_t m, int64_t n, int64_t k, float beta,
+                   float* c, int64_t ldc) {
+  gemm_blocked<V4, 4, 2>(a, b, m, n, k, beta, c, ldc);
+}
+
+struct Dispatch {
+  GemmFn gemm;
+  const char* name;
+};
+
+Dispatch pick() {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("x86-64-v4")) return {gemm_avx512, "avx512"};
+  if (__builtin_cpu_supports("x86-64-v3")) return {gemm_avx2, "avx2"};
+#endif
+  return {gemm_baseline, "baseline"};
+}
+
+const Dispatch& dispatch() {
+  static const Dispatch d = pick();
+  return d;
+}
+
+}  // namespace
+
+void sgemm(Transpose trans_a, Transpose trans_b, int64_t m, int64_t n, int64_t k, const float* a,
+           int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  MMFL_CHECK(m >= 0 && n >= 0 && k >= 0, "cpu::sgemm: sizes must be >= 0, got m=", m, " n=", n,
+             " k=", k);
+  MMFL_CHECK(beta == 0.0f || beta == 1.0f, "cpu::sgemm: beta must be 0 or 1, got ", beta);
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    if (beta == 0.0f)
+      for (int64_t i = 0; i < m; ++i)
+        std::fill(c + i * ldc, c + i * ldc + n, 0.0f);
+    return;
+  }
+  dispatch().gemm(View{a, lda, trans_a}, View{b, ldb, trans_b}, m, n, k, beta, c, ldc);
+}
+
+const char* isa_name() {
+  return dispatch().name;
+}
+
+}  // namespace mmfl::kernels::cpu
