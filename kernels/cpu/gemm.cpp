@@ -1,7 +1,8 @@
-// The fast CPU path's single-precision GEMM (see mmfl/kernels/cpu.h): op(A) and op(B) packed into
-// panels, then a register-blocked micro-kernel of MR x NR outputs per step, written with GCC
-// vector extensions and compiled once per instruction set. The packing absorbs the transposes, so
-// S = A B^T, P B and P^T A run the same micro-kernel.
+// The fast CPU path's single-precision GEMM (see mmfl/kernels/cpu.h): op(B) packed into strips of
+// NR columns, op(A) read in place by broadcasts, a register-blocked micro-kernel of MR x NR outputs
+// per step, written with GCC vector extensions and compiled once per instruction set. The packing
+// absorbs B's transpose and the broadcast addresses A's, so S = A B^T, P B and P^T A run the same
+// micro-kernel.
 #include <algorithm>
 #include <vector>
 
@@ -11,8 +12,8 @@
 namespace mmfl::kernels::cpu {
 namespace {
 
-// Depth of one packed panel: an MR x kKc strip of A and a kKc x NR strip of B stay in L1
-// (8 x 256 x 4 B + 256 x 32 x 4 B = 40 KiB for AVX-512's tile).
+// Depth of one packed panel: a kKc x NR strip of B and the MR rows of A it meets stay in L1
+// (256 x 32 x 4 B + 8 x 256 x 4 B = 40 KiB for AVX-512's tile).
 constexpr int64_t kKc = 256;
 
 // Element (r, c) of op(X) for a row-major X with row stride ld.
@@ -24,22 +25,6 @@ struct View {
     return t == Transpose::kNo ? p[r * ld + c] : p[c * ld + r];
   }
 };
-
-// Packs rows [r0, r0 + rows) x depth [k0, k0 + kc) of op(A) into strips of MR rows, each stored
-// depth-major (kc x MR), zero-padded to a whole strip.
-template <int MR>
-void pack_a(const View& a, int64_t r0, int64_t rows, int64_t k0, int64_t kc, float* dst) {
-  for (int64_t s = 0; s < rows; s += MR) {
-    const int64_t mr = std::min<int64_t>(MR, rows - s);
-    for (int64_t p = 0; p < kc; ++p) {
-      for (int64_t i = 0; i < mr; ++i)
-        dst[p * MR + i] = a.at(r0 + s + i, k0 + p);
-      for (int64_t i = mr; i < MR; ++i)
-        dst[p * MR + i] = 0.0f;
-    }
-    dst += kc * MR;
-  }
-}
 
 // Packs depth [k0, k0 + kc) x columns [0, cols) of op(B) into strips of NR columns (kc x NR).
 template <int NR>
@@ -68,14 +53,21 @@ void pack_b(const View& b, int64_t k0, int64_t kc, int64_t cols, float* dst) {
   }
 }
 
-// MR x (NV * V lanes) outputs: acc += A strip (kc x MR) times B strip (kc x NR), then C = acc
-// (+ C when accumulate), only the mr x nr corner inside the matrix.
-template <typename V, int MR, int NV>
-__attribute__((always_inline)) inline void micro_kernel(int64_t kc, const float* ap,
+// MR x (NV * V lanes) outputs: acc += op(A) rows [mr of them] x depth kc, read in place (the
+// broadcasts load single floats, so A needs no packing: row i, depth p is a[i * rs + p * cs]),
+// times the packed B strip (kc x NR); then C = acc (+ C when accumulate), only the mr x nr corner
+// inside the matrix. Rows past mr repeat row mr - 1 (read, never stored), so nothing is read out of
+// bounds.
+template <typename V, int MR, int NV, Transpose TA>
+__attribute__((always_inline)) inline void micro_kernel(int64_t kc, const float* a, int64_t lda,
                                                         const float* bp, float* c, int64_t ldc,
                                                         bool accumulate, int64_t mr, int64_t nr) {
   constexpr int W = sizeof(V) / sizeof(float);
   constexpr int NR = NV * W;
+  const float* rows[MR];
+  for (int i = 0; i < MR; ++i)
+    rows[i] = TA == Transpose::kNo ? a + std::min<int64_t>(i, mr - 1) * lda
+                                   : a + std::min<int64_t>(i, mr - 1);
   V acc[MR][NV];
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < NV; ++v)
@@ -86,7 +78,8 @@ __attribute__((always_inline)) inline void micro_kernel(int64_t kc, const float*
       std::memcpy(&bv[v], bp + p * NR + v * W, sizeof(V));
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      const V ai = V{} + ap[p * MR + i];
+      const float x = TA == Transpose::kNo ? rows[i][p] : rows[i][p * lda];
+      const V ai = x - V{};  // x - (+0) == x exactly: a plain broadcast
       for (int v = 0; v < NV; ++v)
         acc[i][v] += ai * bv[v];
     }
@@ -115,28 +108,40 @@ __attribute__((always_inline)) inline void micro_kernel(int64_t kc, const float*
       c[i * ldc + j] = accumulate ? c[i * ldc + j] + tile[i][j] : tile[i][j];
 }
 
-template <typename V, int MR, int NV>
+template <typename V, int MR, int NV, Transpose TA>
 __attribute__((always_inline)) inline void gemm_blocked(const View& a, const View& b, int64_t m,
                                                         int64_t n, int64_t k, float beta, float* c,
                                                         int64_t ldc) {
   constexpr int NR = NV * int(sizeof(V) / sizeof(float));
-  thread_local std::vector<float> a_pack, b_pack;
+  thread_local std::vector<float> b_pack;
   const int64_t m_strips = detail::ceil_div(m, MR), n_strips = detail::ceil_div(n, NR);
   for (int64_t k0 = 0; k0 < k; k0 += kKc) {
     const int64_t kc = std::min(kKc, k - k0);
     const bool accumulate = k0 > 0 || beta != 0.0f;
     if (b_pack.size() < size_t(n_strips * NR * kc)) b_pack.resize(size_t(n_strips * NR * kc));
-    if (a_pack.size() < size_t(m_strips * MR * kc)) a_pack.resize(size_t(m_strips * MR * kc));
     pack_b<NR>(b, k0, kc, n, b_pack.data());
-    pack_a<MR>(a, 0, m, k0, kc, a_pack.data());
+    // A's panel at depth k0: element (i, p) of op(A) sits at a0[i * rs + p * cs].
+    const float* a0 = TA == Transpose::kNo ? a.p + k0 : a.p + k0 * a.ld;
     for (int64_t js = 0; js < n_strips; ++js) {
       const int64_t nr = std::min<int64_t>(NR, n - js * NR);
       for (int64_t is = 0; is < m_strips; ++is) {
         const int64_t mr = std::min<int64_t>(MR, m - is * MR);
-        micro_kernel<V, MR, NV>(kc, a_pack.data() + is * MR * kc, b_pack.data() + js * NR * kc,
-                                c + is * MR * ldc + js * NR, ldc, accumulate, mr, nr);
+        const float* ai = TA == Transpose::kNo ? a0 + is * MR * a.ld : a0 + is * MR;
+        micro_kernel<V, MR, NV, TA>(kc, ai, a.ld, b_pack.data() + js * NR * kc,
+                                    c + is * MR * ldc + js * NR, ldc, accumulate, mr, nr);
       }
     }
+  }
+}
+
+template <typename V, int MR, int NV>
+__attribute__((always_inline)) inline void gemm_any(const View& a, const View& b, int64_t m,
+                                                    int64_t n, int64_t k, float beta, float* c,
+                                                    int64_t ldc) {
+  if (a.t == Transpose::kNo) {
+    gemm_blocked<V, MR, NV, Transpose::kNo>(a, b, m, n, k, beta, c, ldc);
+  } else {
+    gemm_blocked<V, MR, NV, Transpose::kYes>(a, b, m, n, k, beta, c, ldc);
   }
 }
 
@@ -154,17 +159,17 @@ using GemmFn = void (*)(const View&, const View&, int64_t, int64_t, int64_t, flo
 __attribute__((target("arch=x86-64-v4"))) void gemm_avx512(const View& a, const View& b, int64_t m,
                                                            int64_t n, int64_t k, float beta,
                                                            float* c, int64_t ldc) {
-  gemm_blocked<V16, 8, 2>(a, b, m, n, k, beta, c, ldc);
+  gemm_any<V16, 8, 2>(a, b, m, n, k, beta, c, ldc);
 }
 __attribute__((target("arch=x86-64-v3"))) void gemm_avx2(const View& a, const View& b, int64_t m,
                                                          int64_t n, int64_t k, float beta, float* c,
                                                          int64_t ldc) {
-  gemm_blocked<V8, 6, 2>(a, b, m, n, k, beta, c, ldc);
+  gemm_any<V8, 6, 2>(a, b, m, n, k, beta, c, ldc);
 }
 #endif
 void gemm_baseline(const View& a, const View& b, int64_t m, int64_t n, int64_t k, float beta,
                    float* c, int64_t ldc) {
-  gemm_blocked<V4, 4, 2>(a, b, m, n, k, beta, c, ldc);
+  gemm_any<V4, 4, 2>(a, b, m, n, k, beta, c, ldc);
 }
 
 struct Dispatch {
