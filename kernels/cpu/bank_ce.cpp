@@ -1,4 +1,4 @@
-// Fast CPU cross entropy against a feature bank, and CreamFL's ensemble on top of it: 128-row
+// Fast CPU cross entropy against a feature bank, and CreamFL's ensemble on top of it: 256-row
 // query blocks against 128-row bank tiles from the packed GEMM, an online log-sum-exp folded per
 // tile, logits recomputed in the backward pass (memory O((b + n) d), plus one partial grad_q per
 // bank chunk). Work is split by shape alone (query blocks x at most kMaxChunks bank chunks),
@@ -16,6 +16,10 @@
 namespace mmfl::kernels::cpu {
 namespace {
 
+// Query blocks of 256 rows meet bank tiles of 128 rows: the logits tile is held transposed
+// (S^T, 128 bank rows x 256 queries, 128 KiB in L2), so the GEMM's packed operand is the query
+// block (packed once per task) and the bank is read in place; the log-sum-exp runs down columns.
+constexpr int64_t kQueries = 256;
 constexpr int64_t kTile = 128;
 // Chunks of the bank that run in parallel for the same query rows; each costs a partial
 // (max, sum) per row and, in the backward pass, a partial grad_q (b x d floats).
@@ -30,31 +34,32 @@ struct Split {
 
 Split split(int64_t b, int64_t n) {
   const int64_t tiles = detail::ceil_div(n, kTile);
-  return {detail::ceil_div(b, kTile), tiles, std::min(tiles, kMaxChunks)};
+  return {detail::ceil_div(b, kQueries), tiles, std::min(tiles, kMaxChunks)};
 }
 
 float* tile_buffer() {
   thread_local std::vector<float> s;
-  s.resize(kTile * kTile);
+  s.resize(kTile * kQueries);
   return s.data();
 }
 
 // Folds the logits of query block qb against bank tiles [t0, t1) into running (max, sum) per
-// row; records the target's logit of every row whose target lies in those tiles.
+// query; records the target's logit of every query whose target lies in those tiles.
 void fold_rows(const float* q, const float* bank, const int64_t* target, int64_t b, int64_t n,
                int64_t d, float scale, int64_t qb, int64_t t0, int64_t t1, float* max, float* sum,
                float* target_logit) {
-  const int64_t q0 = qb * kTile, rows = std::min(kTile, b - q0);
-  float* s = tile_buffer();
+  const int64_t q0 = qb * kQueries, rows = std::min(kQueries, b - q0);
+  thread_local detail::PackedB qt;
+  qt.pack(Transpose::kYes, d, rows, q + q0 * d, d);
+  float* st = tile_buffer();
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t m0 = t * kTile, cols = std::min(kTile, n - m0);
-    sgemm(Transpose::kNo, Transpose::kYes, rows, cols, d, q + q0 * d, d, bank + m0 * d, d, 0.0f, s,
-          kTile);
+    detail::gemm_packed(Transpose::kNo, cols, bank + m0 * d, d, qt, 0.0f, st, kQueries);
     for (int64_t i = 0; i < rows; ++i) {
-      const int64_t j = target[q0 + i] - m0;
-      if (j >= 0 && j < cols) target_logit[q0 + i] = s[i * kTile + j] * scale;
+      const int64_t m = target[q0 + i] - m0;
+      if (m >= 0 && m < cols) target_logit[q0 + i] = st[m * kQueries + i] * scale;
     }
-    detail::lse_rows(s, kTile, rows, cols, scale, max + q0, sum + q0);
+    detail::lse_cols(st, kQueries, cols, rows, scale, max + q0, sum + q0);
   }
 }
 
@@ -110,18 +115,21 @@ void bank_ce_backward(const float* q, const float* bank, const int64_t* target, 
   // Query block qb against chunk c: that chunk's share of grad_q rows, and (when wanted) the
   // block's contribution to the chunk's grad_bank rows, added in query-block order.
   auto run = [&](int64_t qb, int64_t c) {
-    const int64_t q0 = qb * kTile, rows = std::min(kTile, b - q0);
-    float* s = tile_buffer();
+    const int64_t q0 = qb * kQueries, rows = std::min(kQueries, b - q0);
+    thread_local detail::PackedB qt, qp;
+    qt.pack(Transpose::kYes, d, rows, q + q0 * d, d);
+    if (grad_bank != nullptr) qp.pack(Transpose::kNo, rows, d, q + q0 * d, d);
+    float* st = tile_buffer();
     for (int64_t t = sp.first(c); t < sp.last(c); ++t) {
       const int64_t m0 = t * kTile, cols = std::min(kTile, n - m0);
-      sgemm(Transpose::kNo, Transpose::kYes, rows, cols, d, q + q0 * d, d, bank + m0 * d, d, 0.0f,
-            s, kTile);
-      detail::bank_dlogits(s, kTile, rows, cols, scale, lse + q0, grad_loss + q0, target + q0, m0);
-      sgemm(Transpose::kNo, Transpose::kNo, rows, d, cols, s, kTile, bank + m0 * d, d,
+      detail::gemm_packed(Transpose::kNo, cols, bank + m0 * d, d, qt, 0.0f, st, kQueries);
+      detail::bank_dlogits_t(st, kQueries, cols, rows, scale, lse + q0, grad_loss + q0, target + q0,
+                             m0);
+      sgemm(Transpose::kYes, Transpose::kNo, rows, d, cols, st, kQueries, bank + m0 * d, d,
             t == sp.first(c) ? 0.0f : 1.0f, part(c) + q0 * d, d);
       if (grad_bank != nullptr)
-        sgemm(Transpose::kYes, Transpose::kNo, cols, d, rows, s, kTile, q + q0 * d, d,
-              qb == 0 ? 0.0f : 1.0f, grad_bank + m0 * d, d);
+        detail::gemm_packed(Transpose::kNo, cols, st, kQueries, qp, qb == 0 ? 0.0f : 1.0f,
+                            grad_bank + m0 * d, d);
     }
   };
   if (grad_bank != nullptr) {
@@ -136,7 +144,7 @@ void bank_ce_backward(const float* q, const float* bank, const int64_t* target, 
   }
   if (sp.chunks > 1) {
     detail::run_tasks(ctx, sp.query_blocks, [&](int64_t qb) {
-      const int64_t q0 = qb * kTile, rows = std::min(kTile, b - q0);
+      const int64_t q0 = qb * kQueries, rows = std::min(kQueries, b - q0);
       float* dst = grad_q + q0 * d;
       std::copy(part(0) + q0 * d, part(0) + (q0 + rows) * d, dst);
       for (int64_t c = 1; c < sp.chunks; ++c)

@@ -108,40 +108,41 @@ __attribute__((always_inline)) inline void micro_kernel(int64_t kc, const float*
       c[i * ldc + j] = accumulate ? c[i * ldc + j] + tile[i][j] : tile[i][j];
 }
 
+// C[m, n] = op(A) B (+ C) with B packed: for each depth block k0 (kKc deep), its strips of NR
+// columns, each kc x NR, at offset k0 * strips * NR + strip * NR * kc.
 template <typename V, int MR, int NV, Transpose TA>
-__attribute__((always_inline)) inline void gemm_blocked(const View& a, const View& b, int64_t m,
-                                                        int64_t n, int64_t k, float beta, float* c,
+__attribute__((always_inline)) inline void gemm_blocked(const float* a, int64_t lda,
+                                                        const float* packed, int64_t m, int64_t n,
+                                                        int64_t k, float beta, float* c,
                                                         int64_t ldc) {
   constexpr int NR = NV * int(sizeof(V) / sizeof(float));
-  thread_local std::vector<float> b_pack;
   const int64_t m_strips = detail::ceil_div(m, MR), n_strips = detail::ceil_div(n, NR);
   for (int64_t k0 = 0; k0 < k; k0 += kKc) {
     const int64_t kc = std::min(kKc, k - k0);
     const bool accumulate = k0 > 0 || beta != 0.0f;
-    if (b_pack.size() < size_t(n_strips * NR * kc)) b_pack.resize(size_t(n_strips * NR * kc));
-    pack_b<NR>(b, k0, kc, n, b_pack.data());
+    const float* bk = packed + k0 * n_strips * NR;
     // A's panel at depth k0: element (i, p) of op(A) sits at a0[i * rs + p * cs].
-    const float* a0 = TA == Transpose::kNo ? a.p + k0 : a.p + k0 * a.ld;
+    const float* a0 = TA == Transpose::kNo ? a + k0 : a + k0 * lda;
     for (int64_t js = 0; js < n_strips; ++js) {
       const int64_t nr = std::min<int64_t>(NR, n - js * NR);
       for (int64_t is = 0; is < m_strips; ++is) {
         const int64_t mr = std::min<int64_t>(MR, m - is * MR);
-        const float* ai = TA == Transpose::kNo ? a0 + is * MR * a.ld : a0 + is * MR;
-        micro_kernel<V, MR, NV, TA>(kc, ai, a.ld, b_pack.data() + js * NR * kc,
-                                    c + is * MR * ldc + js * NR, ldc, accumulate, mr, nr);
+        const float* ai = TA == Transpose::kNo ? a0 + is * MR * lda : a0 + is * MR;
+        micro_kernel<V, MR, NV, TA>(kc, ai, lda, bk + js * NR * kc, c + is * MR * ldc + js * NR,
+                                    ldc, accumulate, mr, nr);
       }
     }
   }
 }
 
 template <typename V, int MR, int NV>
-__attribute__((always_inline)) inline void gemm_any(const View& a, const View& b, int64_t m,
-                                                    int64_t n, int64_t k, float beta, float* c,
-                                                    int64_t ldc) {
-  if (a.t == Transpose::kNo) {
-    gemm_blocked<V, MR, NV, Transpose::kNo>(a, b, m, n, k, beta, c, ldc);
+__attribute__((always_inline)) inline void gemm_any(Transpose ta, const float* a, int64_t lda,
+                                                    const float* packed, int64_t m, int64_t n,
+                                                    int64_t k, float beta, float* c, int64_t ldc) {
+  if (ta == Transpose::kNo) {
+    gemm_blocked<V, MR, NV, Transpose::kNo>(a, lda, packed, m, n, k, beta, c, ldc);
   } else {
-    gemm_blocked<V, MR, NV, Transpose::kYes>(a, b, m, n, k, beta, c, ldc);
+    gemm_blocked<V, MR, NV, Transpose::kYes>(a, lda, packed, m, n, k, beta, c, ldc);
   }
 }
 
@@ -152,38 +153,41 @@ typedef float V16 __attribute__((vector_size(64)));
 typedef float V8 __attribute__((vector_size(32)));
 typedef float V4 __attribute__((vector_size(16)));
 
-using GemmFn = void (*)(const View&, const View&, int64_t, int64_t, int64_t, float, float*,
-                        int64_t);
+using GemmFn = void (*)(Transpose, const float*, int64_t, const float*, int64_t, int64_t, int64_t,
+                        float, float*, int64_t);
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target("arch=x86-64-v4"))) void gemm_avx512(const View& a, const View& b, int64_t m,
-                                                           int64_t n, int64_t k, float beta,
-                                                           float* c, int64_t ldc) {
-  gemm_any<V16, 8, 2>(a, b, m, n, k, beta, c, ldc);
+__attribute__((target("arch=x86-64-v4"))) void gemm_avx512(Transpose ta, const float* a,
+                                                           int64_t lda, const float* packed,
+                                                           int64_t m, int64_t n, int64_t k,
+                                                           float beta, float* c, int64_t ldc) {
+  gemm_any<V16, 8, 2>(ta, a, lda, packed, m, n, k, beta, c, ldc);
 }
-__attribute__((target("arch=x86-64-v3"))) void gemm_avx2(const View& a, const View& b, int64_t m,
-                                                         int64_t n, int64_t k, float beta, float* c,
+__attribute__((target("arch=x86-64-v3"))) void gemm_avx2(Transpose ta, const float* a, int64_t lda,
+                                                         const float* packed, int64_t m, int64_t n,
+                                                         int64_t k, float beta, float* c,
                                                          int64_t ldc) {
-  gemm_any<V8, 6, 2>(a, b, m, n, k, beta, c, ldc);
+  gemm_any<V8, 6, 2>(ta, a, lda, packed, m, n, k, beta, c, ldc);
 }
 #endif
-void gemm_baseline(const View& a, const View& b, int64_t m, int64_t n, int64_t k, float beta,
-                   float* c, int64_t ldc) {
-  gemm_any<V4, 4, 2>(a, b, m, n, k, beta, c, ldc);
+void gemm_baseline(Transpose ta, const float* a, int64_t lda, const float* packed, int64_t m,
+                   int64_t n, int64_t k, float beta, float* c, int64_t ldc) {
+  gemm_any<V4, 4, 2>(ta, a, lda, packed, m, n, k, beta, c, ldc);
 }
 
 struct Dispatch {
   GemmFn gemm;
+  int64_t nr;
   const char* name;
 };
 
 Dispatch pick() {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("x86-64-v4")) return {gemm_avx512, "avx512"};
-  if (__builtin_cpu_supports("x86-64-v3")) return {gemm_avx2, "avx2"};
+  if (__builtin_cpu_supports("x86-64-v4")) return {gemm_avx512, 32, "avx512"};
+  if (__builtin_cpu_supports("x86-64-v3")) return {gemm_avx2, 16, "avx2"};
 #endif
-  return {gemm_baseline, "baseline"};
+  return {gemm_baseline, 8, "baseline"};
 }
 
 const Dispatch& dispatch() {
@@ -191,21 +195,63 @@ const Dispatch& dispatch() {
   return d;
 }
 
+template <int NR>
+void pack_all(const View& b, int64_t k, int64_t n, float* dst) {
+  const int64_t n_strips = detail::ceil_div(n, NR);
+  for (int64_t k0 = 0; k0 < k; k0 += kKc) {
+    const int64_t kc = std::min(kKc, k - k0);
+    pack_b<NR>(b, k0, kc, n, dst + k0 * n_strips * NR);
+  }
+}
+
 }  // namespace
+
+namespace detail {
+
+void PackedB::pack(Transpose tb, int64_t k, int64_t n, const float* b, int64_t ldb) {
+  const int64_t nr = dispatch().nr;
+  k_ = k;
+  n_ = n;
+  const size_t size = size_t(detail::ceil_div(n, nr) * nr * k);
+  if (data_.size() < size) data_.resize(size);
+  const View v{b, ldb, tb};
+  switch (nr) {
+    case 32:
+      pack_all<32>(v, k, n, data_.data());
+      break;
+    case 16:
+      pack_all<16>(v, k, n, data_.data());
+      break;
+    case 8:
+      pack_all<8>(v, k, n, data_.data());
+      break;
+    default:
+      MMFL_FAIL("cpu::PackedB: unexpected strip width ", nr);
+  }
+}
+
+void gemm_packed(Transpose trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,
+                 float beta, float* c, int64_t ldc) {
+  if (m == 0 || b.n() == 0) return;
+  if (b.k() == 0) {
+    if (beta == 0.0f)
+      for (int64_t i = 0; i < m; ++i)
+        std::fill(c + i * ldc, c + i * ldc + b.n(), 0.0f);
+    return;
+  }
+  dispatch().gemm(trans_a, a, lda, b.data(), m, b.n(), b.k(), beta, c, ldc);
+}
+
+}  // namespace detail
 
 void sgemm(Transpose trans_a, Transpose trans_b, int64_t m, int64_t n, int64_t k, const float* a,
            int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
   MMFL_CHECK(m >= 0 && n >= 0 && k >= 0, "cpu::sgemm: sizes must be >= 0, got m=", m, " n=", n,
              " k=", k);
   MMFL_CHECK(beta == 0.0f || beta == 1.0f, "cpu::sgemm: beta must be 0 or 1, got ", beta);
-  if (m == 0 || n == 0) return;
-  if (k == 0) {
-    if (beta == 0.0f)
-      for (int64_t i = 0; i < m; ++i)
-        std::fill(c + i * ldc, c + i * ldc + n, 0.0f);
-    return;
-  }
-  dispatch().gemm(View{a, lda, trans_a}, View{b, ldb, trans_b}, m, n, k, beta, c, ldc);
+  thread_local detail::PackedB packed;
+  packed.pack(trans_b, k, n, b, ldb);
+  detail::gemm_packed(trans_a, m, a, lda, packed, beta, c, ldc);
 }
 
 const char* isa_name() {

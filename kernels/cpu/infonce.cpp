@@ -26,8 +26,33 @@ Block block(int64_t index, int64_t n) {
   return {index * kTile, std::min(kTile, n - index * kTile)};
 }
 
+// Per row block of img: op(B) = img_i^T for the logits tile S^T = txt_j img_i^T, and img_i itself
+// for grad_txt_j += dS^T img_i; packed once, reused by every tile of the block's row.
+struct PackedImg {
+  std::vector<detail::PackedB> transposed, plain;
+};
+
+PackedImg pack_img(const float* img, int64_t n, int64_t d, bool plain, const Context& ctx) {
+  const int64_t nb = detail::ceil_div(n, kTile);
+  PackedImg p{std::vector<detail::PackedB>(nb), std::vector<detail::PackedB>(plain ? nb : 0)};
+  detail::run_tasks(ctx, nb, [&](int64_t i) {
+    const Block bi = block(i, n);
+    p.transposed[i].pack(Transpose::kYes, d, bi.size, img + bi.begin * d, d);
+    if (plain) p.plain[i].pack(Transpose::kNo, bi.size, d, img + bi.begin * d, d);
+  });
+  return p;
+}
+
+float* tile_buffer() {
+  thread_local std::vector<float> s;
+  s.resize(kTile * kTile);
+  return s.data();
+}
+
 }  // namespace
 
+// Tiles hold S^T: rows are txt rows j, columns img rows i, so the GEMM's packed operand is img_i^T,
+// packed once per call.
 void infonce_forward(const float* img, const float* txt, int64_t n, int64_t d, const float* tau,
                      float* loss, float* lse_img, float* lse_txt, const Context& ctx) {
   checks::check_infonce_args("cpu::infonce_forward", img, txt, n, d, tau);
@@ -36,29 +61,27 @@ void infonce_forward(const float* img, const float* txt, int64_t n, int64_t d, c
   const float scale = 1.0f / *tau;
   const int64_t nb = detail::ceil_div(n, kTile);
   const float ninf = -std::numeric_limits<float>::infinity();
-  std::vector<float> row_max(n, ninf), row_sum(n, 0.0f), col_max(n, ninf), col_sum(n, 0.0f);
+  std::vector<float> img_max(n, ninf), img_sum(n, 0.0f), txt_max(n, ninf), txt_sum(n, 0.0f);
   std::vector<float> diag(n);
+  const PackedImg packed = pack_img(img, n, d, false, ctx);
   for (int64_t r = 0; r < nb; ++r) {
     detail::run_tasks(ctx, nb, [&](int64_t i) {
       const int64_t j = (i + r) % nb;
       const Block bi = block(i, n), bj = block(j, n);
-      thread_local std::vector<float> s;
-      s.resize(kTile * kTile);
-      sgemm(Transpose::kNo, Transpose::kYes, bi.size, bj.size, d, img + bi.begin * d, d,
-            txt + bj.begin * d, d, 0.0f, s.data(), kTile);
+      float* st = tile_buffer();
+      detail::gemm_packed(Transpose::kNo, bj.size, txt + bj.begin * d, d, packed.transposed[i],
+                          0.0f, st, kTile);
       if (i == j)
         for (int64_t t = 0; t < bi.size; ++t)
-          diag[bi.begin + t] = s[t * kTile + t] * scale;
-      detail::lse_rows(s.data(), kTile, bi.size, bj.size, scale, &row_max[bi.begin],
-                       &row_sum[bi.begin]);
-      detail::lse_cols(s.data(), kTile, bi.size, bj.size, scale, &col_max[bj.begin],
-                       &col_sum[bj.begin]);
+          diag[bi.begin + t] = st[t * kTile + t] * scale;
+      detail::lse_cols(st, kTile, bj.size, bi.size, scale, &img_max[bi.begin], &img_sum[bi.begin]);
+      detail::lse_rows(st, kTile, bj.size, bi.size, scale, &txt_max[bj.begin], &txt_sum[bj.begin]);
     });
   }
   double total = 0;  // sum_i (lse_img_i - S_ii) + sum_j (lse_txt_j - S_jj)
   for (int64_t i = 0; i < n; ++i) {
-    lse_img[i] = row_max[i] + std::log(row_sum[i]);
-    lse_txt[i] = col_max[i] + std::log(col_sum[i]);
+    lse_img[i] = img_max[i] + std::log(img_sum[i]);
+    lse_txt[i] = txt_max[i] + std::log(txt_sum[i]);
     total += (double(lse_img[i]) - diag[i]) + (double(lse_txt[i]) - diag[i]);
   }
   *loss = static_cast<float>(0.5 * total / static_cast<double>(n));
@@ -75,24 +98,25 @@ void infonce_backward(const float* img, const float* txt, int64_t n, int64_t d, 
   const float scale = 1.0f / *tau;
   const float coef = static_cast<float>(double(*grad_loss) / (2.0 * double(n)));
   const int64_t nb = detail::ceil_div(n, kTile);
+  const PackedImg packed = pack_img(img, n, d, true, ctx);
   std::vector<double> weighted(nb * nb);  // per (round, task): sum_ij dL/dS_ij S_ij
   for (int64_t r = 0; r < nb; ++r) {
     detail::run_tasks(ctx, nb, [&](int64_t i) {
       const int64_t j = (i + r) % nb;
       const Block bi = block(i, n), bj = block(j, n);
-      thread_local std::vector<float> s;
-      s.resize(kTile * kTile);
-      sgemm(Transpose::kNo, Transpose::kYes, bi.size, bj.size, d, img + bi.begin * d, d,
-            txt + bj.begin * d, d, 0.0f, s.data(), kTile);
+      float* st = tile_buffer();
+      detail::gemm_packed(Transpose::kNo, bj.size, txt + bj.begin * d, d, packed.transposed[i],
+                          0.0f, st, kTile);
+      // dS^T, symmetric in its two log-sum-exps: rows take lse_txt, columns lse_img.
       weighted[r * nb + i] =
-          detail::infonce_dlogits(s.data(), kTile, bi.size, bj.size, scale, lse_img + bi.begin,
-                                  lse_txt + bj.begin, coef, bi.begin - bj.begin);
+          detail::infonce_dlogits(st, kTile, bj.size, bi.size, scale, lse_txt + bj.begin,
+                                  lse_img + bi.begin, coef, bj.begin - bi.begin);
       // Round 0 is every block's first tile (i == j): it writes, later rounds add.
       const float beta = r == 0 ? 0.0f : 1.0f;
-      sgemm(Transpose::kNo, Transpose::kNo, bi.size, d, bj.size, s.data(), kTile,
-            txt + bj.begin * d, d, beta, grad_img + bi.begin * d, d);
-      sgemm(Transpose::kYes, Transpose::kNo, bj.size, d, bi.size, s.data(), kTile,
-            img + bi.begin * d, d, beta, grad_txt + bj.begin * d, d);
+      sgemm(Transpose::kYes, Transpose::kNo, bi.size, d, bj.size, st, kTile, txt + bj.begin * d, d,
+            beta, grad_img + bi.begin * d, d);
+      detail::gemm_packed(Transpose::kNo, bj.size, st, kTile, packed.plain[i], beta,
+                          grad_txt + bj.begin * d, d);
     });
   }
   double total = 0;

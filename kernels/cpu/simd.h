@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "mmfl/kernels/cpu.h"
 
@@ -119,6 +120,27 @@ inline int64_t ceil_div(int64_t a, int64_t b) {
   return (a + b - 1) / b;
 }
 
+// ---- GEMM with a packed B (gemm.cpp)
+// --------------------------------------------------------------
+
+// op(B) [k, n] packed once for the micro-kernel (strips of columns, blocks of depth), so an operand
+// that meets many tiles is packed (and transposed) once instead of once per tile.
+class PackedB {
+ public:
+  void pack(Transpose trans_b, int64_t k, int64_t n, const float* b, int64_t ldb);
+  int64_t k() const { return k_; }
+  int64_t n() const { return n_; }
+  const float* data() const { return data_.data(); }
+
+ private:
+  std::vector<float> data_;
+  int64_t k_ = 0, n_ = 0;
+};
+
+// C[m, n] = op(A) B + beta C (beta 0 or 1), op(A) [m, b.k()] read in place.
+void gemm_packed(Transpose trans_a, int64_t m, const float* a, int64_t lda, const PackedB& b,
+                 float beta, float* c, int64_t ldc);
+
 // ---- Vectorized loops over tiles (vec.cpp) ------------------------------------------------------
 // A tile is row-major [rows, cols] with row stride ld; `scale` multiplies every value first (the
 // 1 / tau of a logit).
@@ -142,9 +164,17 @@ double infonce_dlogits(float* s, int64_t ld, int64_t rows, int64_t cols, float s
 void bank_dlogits(float* s, int64_t ld, int64_t rows, int64_t cols, float scale, const float* lse,
                   const float* g, const int64_t* target, int64_t col0);
 
+// The same on a transposed tile: s[m, i] is query i's logit against bank row row0 + m.
+void bank_dlogits_t(float* s, int64_t ld, int64_t rows, int64_t cols, float scale, const float* lse,
+                    const float* g, const int64_t* target, int64_t row0);
+
 // acc[j] += w * x[j] for j < n, in float or double.
 void axpy_f32(float* acc, const float* x, float w, int64_t n);
 void axpy_f64(double* acc, const float* x, double w, int64_t n);
+// acc[j] = (((acc[j] + w[0] x[0][j]) + w[1] x[1][j]) + w[2] x[2][j]) + w[3] x[3][j]: four clients
+// per pass over acc, rounded exactly as four axpy calls in a row.
+void axpy4_f32(float* acc, const float* const* x, const float* w, int64_t n);
+void axpy4_f64(double* acc, const float* const* x, const double* w, int64_t n);
 // True when all n values are finite.
 bool all_finite(const float* x, int64_t n);
 

@@ -126,6 +126,24 @@ void bank_dlogits(float* s, int64_t ld, int64_t rows, int64_t cols, float scale,
 }
 
 MMFL_CPU_CLONES
+void bank_dlogits_t(float* s, int64_t ld, int64_t rows, int64_t cols, float scale, const float* lse,
+                    const float* g, const int64_t* target, int64_t row0) {
+  const int64_t vec_cols = cols - cols % kLanes;
+  const VecF vscale = splat(scale);
+  for (int64_t m = 0; m < rows; ++m) {
+    float* row = s + m * ld;
+    for (int64_t i = 0; i < vec_cols; i += kLanes)
+      store(row + i, load(g + i) * vscale * vexp(load(row + i) * vscale - load(lse + i)));
+    for (int64_t i = vec_cols; i < cols; ++i)
+      row[i] = g[i] * scale * expf_poly(row[i] * scale - lse[i]);
+  }
+  for (int64_t i = 0; i < cols; ++i) {
+    const int64_t m = target[i] - row0;
+    if (m >= 0 && m < rows) s[m * ld + i] -= g[i] * scale;
+  }
+}
+
+MMFL_CPU_CLONES
 void axpy_f32(float* __restrict acc, const float* __restrict x, float w, int64_t n) {
   for (int64_t j = 0; j < n; ++j)
     acc[j] += w * x[j];
@@ -135,6 +153,40 @@ MMFL_CPU_CLONES
 void axpy_f64(double* __restrict acc, const float* __restrict x, double w, int64_t n) {
   for (int64_t j = 0; j < n; ++j)
     acc[j] += w * static_cast<double>(x[j]);
+}
+
+MMFL_CPU_CLONES
+void axpy4_f32(float* __restrict acc, const float* const* x, const float* w, int64_t n) {
+  const float* __restrict x0 = x[0];
+  const float* __restrict x1 = x[1];
+  const float* __restrict x2 = x[2];
+  const float* __restrict x3 = x[3];
+  const float w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
+  for (int64_t j = 0; j < n; ++j) {
+    float a = acc[j];
+    a += w0 * x0[j];
+    a += w1 * x1[j];
+    a += w2 * x2[j];
+    a += w3 * x3[j];
+    acc[j] = a;
+  }
+}
+
+MMFL_CPU_CLONES
+void axpy4_f64(double* __restrict acc, const float* const* x, const double* w, int64_t n) {
+  const float* __restrict x0 = x[0];
+  const float* __restrict x1 = x[1];
+  const float* __restrict x2 = x[2];
+  const float* __restrict x3 = x[3];
+  const double w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
+  for (int64_t j = 0; j < n; ++j) {
+    double a = acc[j];
+    a += w0 * static_cast<double>(x0[j]);
+    a += w1 * static_cast<double>(x1[j]);
+    a += w2 * static_cast<double>(x2[j]);
+    a += w3 * static_cast<double>(x3[j]);
+    acc[j] = a;
+  }
 }
 
 MMFL_CPU_CLONES
