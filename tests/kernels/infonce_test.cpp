@@ -16,6 +16,7 @@
 
 #include "backend.h"
 #include "mmfl/error.h"
+#include "mmfl/simt/kernels.h"
 #include "test_util.h"
 
 namespace mmfl::test {

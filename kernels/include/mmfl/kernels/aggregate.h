@@ -64,42 +64,7 @@ int64_t weighted_sum_finite(const float* updates,  // [num_clients, n] row-major
 }  // namespace cpu
 
 namespace cuda {
-
-// As cpu::weighted_sum; every pointer is device memory. Asynchronous on `stream`.
-void weighted_sum(const float* updates,  // [num_clients, n] row-major, contiguous, device
-                  const float* weights,  // [num_clients] device
-                  int64_t num_clients, int64_t n,
-                  float* out,  // [n] device
-                  Accumulator acc, cudaStream_t stream);
-
-// As cpu::weighted_sum_finite, without a host sync: bad[] is written on the device and the
-// rescaling is computed there (the number skipped is sum(bad)).
-void weighted_sum_finite(const float* updates,  // [num_clients, n] row-major, contiguous, device
-                         const float* weights,  // [num_clients] device
-                         int64_t num_clients, int64_t n,
-                         float* out,    // [n] device
-                         uint8_t* bad,  // [num_clients] device
-                         Accumulator acc, cudaStream_t stream);
-
+#include "mmfl/kernels/device/aggregate.inc"
 }  // namespace cuda
-
-// The CUDA code of namespace cuda, built for the SIMT emulator (tests only): same contract, with
-// "device" memory from the emulator (mmfl::simt::device_alloc or the emulated cudaMalloc).
-namespace simt {
-
-void weighted_sum(const float* updates,  // [num_clients, n] row-major, contiguous, device
-                  const float* weights,  // [num_clients] device
-                  int64_t num_clients, int64_t n,
-                  float* out,  // [n] device
-                  Accumulator acc, cudaStream_t stream);
-
-void weighted_sum_finite(const float* updates,  // [num_clients, n] row-major, contiguous, device
-                         const float* weights,  // [num_clients] device
-                         int64_t num_clients, int64_t n,
-                         float* out,    // [n] device
-                         uint8_t* bad,  // [num_clients] device
-                         Accumulator acc, cudaStream_t stream);
-
-}  // namespace simt
 
 }  // namespace mmfl::kernels

@@ -101,75 +101,13 @@ void creamfl_ensemble(const float* local,  // [k, n, d] row-major
 
 // Device versions: every pointer is device memory; asynchronous on `stream`; deterministic.
 // creamfl_ensemble scores all k clients' queries against the one bank in one launch, then fuses
-// the per-sample softmax over clients with the weighted sum. `simt` is the same .cu file built
-// for the SIMT emulator.
+// the per-sample softmax over clients with the weighted sum. (The SIMT emulator's build of the
+// same .cu, for tests, is declared in mmfl/simt/kernels.h.)
 // Targets are not checked on the device (that would need a synchronization): a target outside
 // [0, n) gives its row a NaN loss. Few query rows against a long bank (a batch against the public
 // set) split the bank across blocks, with a small workspace from cudaMallocAsync on `stream`.
 namespace cuda {
-
-void bank_ce_forward(const float* q,         // [b, d] row-major, device
-                     const float* bank,      // [n, d] row-major, device
-                     const int64_t* target,  // [b] device
-                     int64_t b, int64_t n, int64_t d,
-                     const float* tau,  // [1] device
-                     float* lse,        // [b] device
-                     float* loss,       // [b] device
-                     cudaStream_t stream);
-
-void bank_ce_backward(const float* q,         // [b, d] device
-                      const float* bank,      // [n, d] device
-                      const int64_t* target,  // [b] device
-                      int64_t b, int64_t n, int64_t d,
-                      const float* tau,        // [1] device
-                      const float* lse,        // [b] device, from bank_ce_forward
-                      const float* grad_loss,  // [b] device
-                      float* grad_q,           // [b, d] device
-                      float* grad_bank,        // [n, d] device, or nullptr
-                      cudaStream_t stream);
-
-void creamfl_ensemble(const float* local,  // [k, n, d] row-major, device
-                      const float* bank,   // [n, d] device
-                      int64_t k, int64_t n, int64_t d,
-                      const float* tau,  // [1] device
-                      EnsembleWeighting weighting,
-                      float* weights,  // [k, n] device
-                      float* out,      // [n, d] device
-                      cudaStream_t stream);
-
+#include "mmfl/kernels/device/bank_ce.inc"
 }  // namespace cuda
-
-namespace simt {
-
-void bank_ce_forward(const float* q,         // [b, d] row-major, device
-                     const float* bank,      // [n, d] row-major, device
-                     const int64_t* target,  // [b] device
-                     int64_t b, int64_t n, int64_t d,
-                     const float* tau,  // [1] device
-                     float* lse,        // [b] device
-                     float* loss,       // [b] device
-                     cudaStream_t stream);
-
-void bank_ce_backward(const float* q,         // [b, d] device
-                      const float* bank,      // [n, d] device
-                      const int64_t* target,  // [b] device
-                      int64_t b, int64_t n, int64_t d,
-                      const float* tau,        // [1] device
-                      const float* lse,        // [b] device, from bank_ce_forward
-                      const float* grad_loss,  // [b] device
-                      float* grad_q,           // [b, d] device
-                      float* grad_bank,        // [n, d] device, or nullptr
-                      cudaStream_t stream);
-
-void creamfl_ensemble(const float* local,  // [k, n, d] row-major, device
-                      const float* bank,   // [n, d] device
-                      int64_t k, int64_t n, int64_t d,
-                      const float* tau,  // [1] device
-                      EnsembleWeighting weighting,
-                      float* weights,  // [k, n] device
-                      float* out,      // [n, d] device
-                      cudaStream_t stream);
-
-}  // namespace simt
 
 }  // namespace mmfl::kernels

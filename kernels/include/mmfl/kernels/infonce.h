@@ -73,54 +73,7 @@ void infonce_backward(const float* img,  // [n, d] row-major
 // Device versions: every pointer is device memory (tau, loss, grad_loss included, so nothing
 // syncs with the host); asynchronous on `stream`; deterministic (no atomics).
 namespace cuda {
-
-void infonce_forward(const float* img,  // [n, d] row-major, device
-                     const float* txt,  // [n, d] row-major, device
-                     int64_t n, int64_t d,
-                     const float* tau,  // [1] device
-                     float* loss,       // [1] device
-                     float* lse_img,    // [n] device
-                     float* lse_txt,    // [n] device
-                     cudaStream_t stream);
-
-void infonce_backward(const float* img,  // [n, d] row-major, device
-                      const float* txt,  // [n, d] row-major, device
-                      int64_t n, int64_t d,
-                      const float* tau,        // [1] device
-                      const float* lse_img,    // [n] device
-                      const float* lse_txt,    // [n] device
-                      const float* grad_loss,  // [1] device
-                      float* grad_img,         // [n, d] device
-                      float* grad_txt,         // [n, d] device
-                      float* grad_tau,         // [1] device
-                      cudaStream_t stream);
-
+#include "mmfl/kernels/device/infonce.inc"
 }  // namespace cuda
-
-// The CUDA code built for the SIMT emulator (tests only); same contract as namespace cuda.
-namespace simt {
-
-void infonce_forward(const float* img,  // [n, d] row-major, device
-                     const float* txt,  // [n, d] row-major, device
-                     int64_t n, int64_t d,
-                     const float* tau,  // [1] device
-                     float* loss,       // [1] device
-                     float* lse_img,    // [n] device
-                     float* lse_txt,    // [n] device
-                     cudaStream_t stream);
-
-void infonce_backward(const float* img,  // [n, d] row-major, device
-                      const float* txt,  // [n, d] row-major, device
-                      int64_t n, int64_t d,
-                      const float* tau,        // [1] device
-                      const float* lse_img,    // [n] device
-                      const float* lse_txt,    // [n] device
-                      const float* grad_loss,  // [1] device
-                      float* grad_img,         // [n, d] device
-                      float* grad_txt,         // [n, d] device
-                      float* grad_tau,         // [1] device
-                      cudaStream_t stream);
-
-}  // namespace simt
 
 }  // namespace mmfl::kernels
