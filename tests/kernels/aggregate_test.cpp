@@ -16,7 +16,7 @@
 
 #include "backend.h"
 #include "mmfl/error.h"
-#include "mmfl/simt/kernels.h"
+#include "ops.h"
 #include "test_util.h"
 
 namespace mmfl::test {
@@ -32,24 +32,7 @@ const char* accumulator_name(Accumulator acc) {
 
 void run_weighted_sum(Backend backend, const float* updates, const float* weights, int64_t clients,
                       int64_t n, float* out, Accumulator acc) {
-  switch (backend) {
-    case Backend::kRef:
-      kernels::ref::weighted_sum(updates, weights, clients, n, out, acc);
-      return;
-    case Backend::kCpu:
-      kernels::cpu::weighted_sum(updates, weights, clients, n, out, acc, cpu_test_context());
-      return;
-    case Backend::kSimt:
-      kernels::simt::weighted_sum(updates, weights, clients, n, out, acc, nullptr);
-      return;
-    case Backend::kCuda:
-#if defined(MMFL_TEST_HAVE_CUDA)
-      kernels::cuda::weighted_sum(updates, weights, clients, n, out, acc, nullptr);
-      return;
-#endif
-    default:
-      MMFL_FAIL("backend ", backend_name(backend), " is not available");
-  }
+  ops::weighted_sum(backend, updates, weights, clients, n, out, acc);
 }
 
 // Returns the CPU reference's count of skipped clients; the device versions return nothing (the
@@ -57,23 +40,7 @@ void run_weighted_sum(Backend backend, const float* updates, const float* weight
 int64_t run_weighted_sum_finite(Backend backend, const float* updates, const float* weights,
                                 int64_t clients, int64_t n, float* out, uint8_t* bad,
                                 Accumulator acc) {
-  switch (backend) {
-    case Backend::kRef:
-      return kernels::ref::weighted_sum_finite(updates, weights, clients, n, out, bad, acc);
-    case Backend::kCpu:
-      return kernels::cpu::weighted_sum_finite(updates, weights, clients, n, out, bad, acc,
-                                               cpu_test_context());
-    case Backend::kSimt:
-      kernels::simt::weighted_sum_finite(updates, weights, clients, n, out, bad, acc, nullptr);
-      return -1;
-    case Backend::kCuda:
-#if defined(MMFL_TEST_HAVE_CUDA)
-      kernels::cuda::weighted_sum_finite(updates, weights, clients, n, out, bad, acc, nullptr);
-      return -1;
-#endif
-    default:
-      MMFL_FAIL("backend ", backend_name(backend), " is not available");
-  }
+  return ops::weighted_sum_finite(backend, updates, weights, clients, n, out, bad, acc);
 }
 
 // ---- CPU reference: golden cases ----------------------------------------------------------------

@@ -19,7 +19,7 @@
 
 #include "backend.h"
 #include "mmfl/error.h"
-#include "mmfl/simt/kernels.h"
+#include "ops.h"
 #include "test_util.h"
 
 namespace mmfl::test {
@@ -198,75 +198,19 @@ EnsembleExpected naive_ensemble(const std::vector<float>& local, const std::vect
 
 void run_forward(Backend backend, const float* q, const float* bank, const int64_t* target,
                  int64_t b, int64_t n, int64_t d, const float* tau, float* lse, float* loss) {
-  switch (backend) {
-    case Backend::kRef:
-      kernels::ref::bank_ce_forward(q, bank, target, b, n, d, tau, lse, loss);
-      return;
-    case Backend::kCpu:
-      kernels::cpu::bank_ce_forward(q, bank, target, b, n, d, tau, lse, loss, cpu_test_context());
-      return;
-    case Backend::kSimt:
-      kernels::simt::bank_ce_forward(q, bank, target, b, n, d, tau, lse, loss, nullptr);
-      return;
-    case Backend::kCuda:
-#if defined(MMFL_TEST_HAVE_CUDA)
-      kernels::cuda::bank_ce_forward(q, bank, target, b, n, d, tau, lse, loss, nullptr);
-      return;
-#endif
-    default:
-      MMFL_FAIL("backend ", backend_name(backend), " is not available");
-  }
+  ops::bank_ce_forward(backend, q, bank, target, b, n, d, tau, lse, loss);
 }
 
 void run_backward(Backend backend, const float* q, const float* bank, const int64_t* target,
                   int64_t b, int64_t n, int64_t d, const float* tau, const float* lse,
                   const float* grad_loss, float* grad_q, float* grad_bank) {
-  switch (backend) {
-    case Backend::kRef:
-      kernels::ref::bank_ce_backward(q, bank, target, b, n, d, tau, lse, grad_loss, grad_q,
-                                     grad_bank);
-      return;
-    case Backend::kCpu:
-      kernels::cpu::bank_ce_backward(q, bank, target, b, n, d, tau, lse, grad_loss, grad_q,
-                                     grad_bank, cpu_test_context());
-      return;
-    case Backend::kSimt:
-      kernels::simt::bank_ce_backward(q, bank, target, b, n, d, tau, lse, grad_loss, grad_q,
-                                      grad_bank, nullptr);
-      return;
-    case Backend::kCuda:
-#if defined(MMFL_TEST_HAVE_CUDA)
-      kernels::cuda::bank_ce_backward(q, bank, target, b, n, d, tau, lse, grad_loss, grad_q,
-                                      grad_bank, nullptr);
-      return;
-#endif
-    default:
-      MMFL_FAIL("backend ", backend_name(backend), " is not available");
-  }
+  ops::bank_ce_backward(backend, q, bank, target, b, n, d, tau, lse, grad_loss, grad_q, grad_bank);
 }
 
 void run_ensemble(Backend backend, const float* local, const float* bank, int64_t k, int64_t n,
                   int64_t d, const float* tau, EnsembleWeighting weighting, float* weights,
                   float* out) {
-  switch (backend) {
-    case Backend::kRef:
-      kernels::ref::creamfl_ensemble(local, bank, k, n, d, tau, weighting, weights, out);
-      return;
-    case Backend::kCpu:
-      kernels::cpu::creamfl_ensemble(local, bank, k, n, d, tau, weighting, weights, out,
-                                     cpu_test_context());
-      return;
-    case Backend::kSimt:
-      kernels::simt::creamfl_ensemble(local, bank, k, n, d, tau, weighting, weights, out, nullptr);
-      return;
-    case Backend::kCuda:
-#if defined(MMFL_TEST_HAVE_CUDA)
-      kernels::cuda::creamfl_ensemble(local, bank, k, n, d, tau, weighting, weights, out, nullptr);
-      return;
-#endif
-    default:
-      MMFL_FAIL("backend ", backend_name(backend), " is not available");
-  }
+  ops::creamfl_ensemble(backend, local, bank, k, n, d, tau, weighting, weights, out);
 }
 
 struct BankCeInputs {

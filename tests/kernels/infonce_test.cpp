@@ -16,7 +16,7 @@
 
 #include "backend.h"
 #include "mmfl/error.h"
-#include "mmfl/simt/kernels.h"
+#include "ops.h"
 #include "test_util.h"
 
 namespace mmfl::test {
@@ -110,52 +110,14 @@ std::vector<float> unit_rows(std::mt19937_64& rng, int64_t n, int64_t d) {
 
 void run_forward(Backend backend, const float* img, const float* txt, int64_t n, int64_t d,
                  const float* tau, float* loss, float* lse_img, float* lse_txt) {
-  switch (backend) {
-    case Backend::kRef:
-      kernels::ref::infonce_forward(img, txt, n, d, tau, loss, lse_img, lse_txt);
-      return;
-    case Backend::kCpu:
-      kernels::cpu::infonce_forward(img, txt, n, d, tau, loss, lse_img, lse_txt,
-                                    cpu_test_context());
-      return;
-    case Backend::kSimt:
-      kernels::simt::infonce_forward(img, txt, n, d, tau, loss, lse_img, lse_txt, nullptr);
-      return;
-    case Backend::kCuda:
-#if defined(MMFL_TEST_HAVE_CUDA)
-      kernels::cuda::infonce_forward(img, txt, n, d, tau, loss, lse_img, lse_txt, nullptr);
-      return;
-#endif
-    default:
-      MMFL_FAIL("backend ", backend_name(backend), " is not available");
-  }
+  ops::infonce_forward(backend, img, txt, n, d, tau, loss, lse_img, lse_txt);
 }
 
 void run_backward(Backend backend, const float* img, const float* txt, int64_t n, int64_t d,
                   const float* tau, const float* lse_img, const float* lse_txt,
                   const float* grad_loss, float* grad_img, float* grad_txt, float* grad_tau) {
-  switch (backend) {
-    case Backend::kRef:
-      kernels::ref::infonce_backward(img, txt, n, d, tau, lse_img, lse_txt, grad_loss, grad_img,
-                                     grad_txt, grad_tau);
-      return;
-    case Backend::kCpu:
-      kernels::cpu::infonce_backward(img, txt, n, d, tau, lse_img, lse_txt, grad_loss, grad_img,
-                                     grad_txt, grad_tau, cpu_test_context());
-      return;
-    case Backend::kSimt:
-      kernels::simt::infonce_backward(img, txt, n, d, tau, lse_img, lse_txt, grad_loss, grad_img,
-                                      grad_txt, grad_tau, nullptr);
-      return;
-    case Backend::kCuda:
-#if defined(MMFL_TEST_HAVE_CUDA)
-      kernels::cuda::infonce_backward(img, txt, n, d, tau, lse_img, lse_txt, grad_loss, grad_img,
-                                      grad_txt, grad_tau, nullptr);
-      return;
-#endif
-    default:
-      MMFL_FAIL("backend ", backend_name(backend), " is not available");
-  }
+  ops::infonce_backward(backend, img, txt, n, d, tau, lse_img, lse_txt, grad_loss, grad_img,
+                        grad_txt, grad_tau);
 }
 
 struct InfonceOutputs {
