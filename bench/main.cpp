@@ -1,6 +1,6 @@
 // mmfl_bench: the kernels of kernels/ against LibTorch compositions of the same math.
 //   mmfl_bench [--device cpu|cuda|all] [--filter SUBSTR] [--quick] [--json FILE]
-// Filters: aggregate, infonce, ensemble, regularizer.
+// Filters: gemm, aggregate, infonce, ensemble, regularizer.
 // CPU rows compare the CPU path with LibTorch's CPU ops; CUDA rows (when a GPU is visible) use
 // CUDA events, an L2 flush between repeats and the copy-bandwidth / GEMM ceilings measured here.
 #include <torch/torch.h>
@@ -15,9 +15,11 @@
 #include "bench/harness.h"
 #include "fusion/contrastive.h"
 #include "fusion/creamfl.h"
+#include "fusion/ops/cpu_context.h"
 #include "mmfl/error.h"
 #include "mmfl/kernels/aggregate.h"
 #include "mmfl/kernels/bank_ce.h"
+#include "mmfl/kernels/cpu.h"
 #include "mmfl/kernels/infonce.h"
 
 #ifdef MMFL_HAVE_CUDA
@@ -64,9 +66,57 @@ double cpu_gemm_flops(int64_t n, int64_t d) {
   return 2.0 * double(n) * double(n) * double(d) / (t.median_ms * 1e-3);
 }
 
+// The choice between the hand-written GEMM and a library GEMM on tiles: both single-threaded (the
+// ops call their GEMM from inside their tasks) on the tile shapes the ops use.
+void bench_tile_gemm(Report& rep) {
+  const int threads = torch::get_num_threads();
+  torch::set_num_threads(1);
+  for (int64_t d : {256, 512}) {
+    const int64_t t = 128;
+    const auto a = torch::randn({t, d}), b = torch::randn({t, d}), p = torch::randn({t, t});
+    auto s = torch::empty({t, t}), g = torch::zeros({t, d});
+    const auto bt = b.t();
+    for (int shape = 0; shape < 2; ++shape) {
+      Row r;
+      r.backend = "cpu";
+      r.flops = 2.0 * double(t) * double(t) * double(d);
+      if (shape == 0) {  // S = A B^T
+        r.op = "tile_gemm_nt";
+        r.shape = "128x128 k=" + std::to_string(d);
+        r.kernel = time_cpu(
+            [&] {
+              k::cpu::sgemm(k::cpu::Transpose::kNo, k::cpu::Transpose::kYes, t, t, d,
+                            a.data_ptr<float>(), d, b.data_ptr<float>(), d, 0.0f,
+                            s.data_ptr<float>(), t);
+            },
+            20, 200, 1.0);
+        r.baseline = time_cpu([&] { torch::mm_out(s, a, bt); }, 20, 200, 1.0);
+      } else {  // grad += P B
+        r.op = "tile_gemm_nn";
+        r.shape = "128x" + std::to_string(d) + " k=128";
+        r.kernel = time_cpu(
+            [&] {
+              k::cpu::sgemm(k::cpu::Transpose::kNo, k::cpu::Transpose::kNo, t, d, t,
+                            p.data_ptr<float>(), t, b.data_ptr<float>(), d, 1.0f,
+                            g.data_ptr<float>(), d);
+            },
+            20, 200, 1.0);
+        r.baseline = time_cpu([&] { g.addmm_(p, b); }, 20, 200, 1.0);
+      }
+      r.note = "1 thread; baseline: LibTorch mm on the same tile";
+      rep.add(r);
+    }
+  }
+  torch::set_num_threads(threads);
+}
+
 void bench_cpu(const Options& o, Report& rep) {
-  std::printf("# CPU: %d LibTorch threads; the CPU kernels are the single-threaded references\n",
-              torch::get_num_threads());
+  const k::cpu::Context ctx = fusion::ops::cpu_context();
+  std::printf(
+      "# CPU: %d LibTorch threads (the kernels' threads come from the same pool); "
+      "kernels/cpu instruction set: %s\n",
+      torch::get_num_threads(), k::cpu::isa_name());
+  if (selected(o, "gemm")) bench_tile_gemm(rep);
   if (selected(o, "aggregate")) {
     const double bw = host_copy_bandwidth();
     std::printf("# host copy bandwidth (memcpy 256 MiB, read+write): %.2f GB/s\n", bw / 1e9);
@@ -83,7 +133,7 @@ void bench_cpu(const Options& o, Report& rep) {
         r.kernel = time_cpu(
             [&] {
               k::cpu::weighted_sum(x.data_ptr<float>(), w.data_ptr<float>(), kk, n,
-                                   out.data_ptr<float>(), acc);
+                                   out.data_ptr<float>(), acc, ctx);
             },
             1, 7);
         r.baseline = time_cpu([&] { torch::matmul(w.unsqueeze(0), x); }, 1, 7);
@@ -96,7 +146,7 @@ void bench_cpu(const Options& o, Report& rep) {
   }
   if (selected(o, "infonce")) {
     const std::vector<int64_t> ns =
-        o.quick ? std::vector<int64_t>{256, 1024} : std::vector<int64_t>{1024, 2048, 4096, 8192};
+        o.quick ? std::vector<int64_t>{256, 1024} : std::vector<int64_t>{4096, 8192};
     for (int64_t d : {256, 512}) {
       const double gemm = cpu_gemm_flops(2048, d);
       std::printf("# CPU GEMM ceiling (LibTorch matmul 2048x%lld x %lldx2048): %.2f GFLOP/s\n",
@@ -117,70 +167,81 @@ void bench_cpu(const Options& o, Report& rep) {
             [&] {
               k::cpu::infonce_forward(img.data_ptr<float>(), txt.data_ptr<float>(), n, d,
                                       tau.data_ptr<float>(), loss.data_ptr<float>(),
-                                      li.data_ptr<float>(), lt.data_ptr<float>());
+                                      li.data_ptr<float>(), lt.data_ptr<float>(), ctx);
               k::cpu::infonce_backward(
                   img.data_ptr<float>(), txt.data_ptr<float>(), n, d, tau.data_ptr<float>(),
                   li.data_ptr<float>(), lt.data_ptr<float>(), one.data_ptr<float>(),
-                  gi.data_ptr<float>(), gt.data_ptr<float>(), gtau.data_ptr<float>());
+                  gi.data_ptr<float>(), gt.data_ptr<float>(), gtau.data_ptr<float>(), ctx);
             },
-            0, 3, 20.0);
+            1, 5, 10.0);
         r.baseline = time_cpu(
             [&] {
               auto a = img.clone().requires_grad_(), b = txt.clone().requires_grad_();
               auto t = tau.clone().requires_grad_();
               fusion::infonce_composed(a, b, t).backward();
             },
-            1, 3, 20.0);
+            1, 5, 10.0);
         r.flops = 6.0 * double(n) * double(n) * double(d);  // S, dS T, dS^T I: useful FLOPs
         r.ceiling = gemm;
         r.ceiling_name = "LibTorch CPU GEMM";
-        r.note = "memory O(N*D) vs the composition's N x N logits (" +
-                 std::to_string(int64_t(double(n) * double(n) * 4 / 1e6)) + " MB each)";
+        r.note =
+            "executes 8 N^2 D (S recomputed); memory O(N*D) vs the composition's N x N "
+            "logits (" +
+            std::to_string(int64_t(double(n) * double(n) * 4 / 1e6)) + " MB each)";
         rep.add(r);
       }
     }
   }
   if (selected(o, "ensemble")) {
     // CreamFL's ensemble: K clients x N public samples scored against one bank of N.
-    for (int64_t d : {256, 512}) {
-      for (int64_t kk : {10}) {
-        for (int64_t n : o.quick ? std::vector<int64_t>{1024} : std::vector<int64_t>{2048, 4096}) {
-          namespace F = torch::nn::functional;
-          const auto local =
-              F::normalize(torch::randn({kk, n, d}), F::NormalizeFuncOptions().dim(2));
-          const auto bank = F::normalize(torch::randn({n, d}), F::NormalizeFuncOptions().dim(1));
-          const auto tau = torch::ones({1});
-          auto w = torch::empty({kk, n}), out = torch::empty({n, d});
-          Row r;
-          r.op = "creamfl_ensemble";
-          r.backend = "cpu";
-          r.shape = "K=" + std::to_string(kk) + " " + shape_nd(n, d);
-          r.kernel = time_cpu(
-              [&] {
-                k::cpu::creamfl_ensemble(local.data_ptr<float>(), bank.data_ptr<float>(), kk, n, d,
-                                         tau.data_ptr<float>(), k::EnsembleWeighting::kContrastive,
-                                         w.data_ptr<float>(), out.data_ptr<float>());
-              },
-              0, 3, 20.0);
-          r.baseline = time_cpu(
-              [&] {
-                fusion::creamfl_ensemble_composed(local, bank, 1.0,
-                                                  k::EnsembleWeighting::kContrastive);
-              },
-              1, 3, 20.0);
-          r.flops = 2.0 * double(kk) * double(n) * double(n) * double(d);
-          r.note = "composition holds an N x N block per client (" +
-                   std::to_string(int64_t(double(n) * double(n) * 4 / 1e6)) + " MB); at N=50000 " +
-                   "that is 10 GB per client";
-          rep.add(r);
-        }
+    std::vector<std::pair<int64_t, int64_t>> shapes;  // (n, d)
+    if (o.quick) {
+      shapes = {{1024, 256}};
+    } else {
+      shapes = {{4096, 256}, {8192, 256}, {16384, 256}, {50000, 256}, {4096, 512}};
+    }
+    for (auto [n, d] : shapes) {
+      const int64_t kk = 10;
+      namespace F = torch::nn::functional;
+      const auto local = F::normalize(torch::randn({kk, n, d}), F::NormalizeFuncOptions().dim(2));
+      const auto bank = F::normalize(torch::randn({n, d}), F::NormalizeFuncOptions().dim(1));
+      const auto tau = torch::ones({1});
+      auto w = torch::empty({kk, n}), out = torch::empty({n, d});
+      Row r;
+      r.op = "creamfl_ensemble";
+      r.backend = "cpu";
+      r.shape = "K=" + std::to_string(kk) + " " + shape_nd(n, d);
+      r.kernel = time_cpu(
+          [&] {
+            k::cpu::creamfl_ensemble(local.data_ptr<float>(), bank.data_ptr<float>(), kk, n, d,
+                                     tau.data_ptr<float>(), k::EnsembleWeighting::kContrastive,
+                                     w.data_ptr<float>(), out.data_ptr<float>(), ctx);
+          },
+          n > 16384 ? 0 : 1, 3, 20.0);
+      // The composition holds three N x N fp32 blocks at once (logits, scaled, log-softmax).
+      const double composed_bytes = 3.0 * double(n) * double(n) * 4;
+      if (composed_bytes < 8e9) {
+        r.baseline = time_cpu(
+            [&] {
+              fusion::creamfl_ensemble_composed(local, bank, 1.0,
+                                                k::EnsembleWeighting::kContrastive);
+            },
+            1, 3, 20.0);
+      } else {
+        r.note = "composition not run: it needs ~" + std::to_string(int64_t(composed_bytes / 1e9)) +
+                 " GB of N x N blocks; the kernel holds O(K N D)";
       }
+      r.flops = 2.0 * double(kk) * double(n) * double(n) * double(d);
+      r.ceiling = cpu_gemm_flops(2048, d);
+      r.ceiling_name = "LibTorch CPU GEMM";
+      rep.add(r);
     }
   }
   if (selected(o, "regularizer")) {
     // The clients' inter-modal term: a batch of B public features against all N global features.
     const int64_t n = o.quick ? 4096 : 50000, d = 256;
-    for (int64_t b : o.quick ? std::vector<int64_t>{128} : std::vector<int64_t>{128, 1024}) {
+    for (int64_t b :
+         o.quick ? std::vector<int64_t>{128} : std::vector<int64_t>{128, 256, 512, 1024}) {
       namespace F = torch::nn::functional;
       const auto q = F::normalize(torch::randn({b, d}), F::NormalizeFuncOptions().dim(1));
       const auto bank = F::normalize(torch::randn({n, d}), F::NormalizeFuncOptions().dim(1));
@@ -196,20 +257,26 @@ void bench_cpu(const Options& o, Report& rep) {
           [&] {
             k::cpu::bank_ce_forward(q.data_ptr<float>(), bank.data_ptr<float>(),
                                     target.data_ptr<int64_t>(), b, n, d, tau.data_ptr<float>(),
-                                    lse.data_ptr<float>(), loss.data_ptr<float>());
+                                    lse.data_ptr<float>(), loss.data_ptr<float>(), ctx);
             k::cpu::bank_ce_backward(q.data_ptr<float>(), bank.data_ptr<float>(),
                                      target.data_ptr<int64_t>(), b, n, d, tau.data_ptr<float>(),
                                      lse.data_ptr<float>(), g.data_ptr<float>(),
-                                     gq.data_ptr<float>(), nullptr);
+                                     gq.data_ptr<float>(), nullptr, ctx);
           },
-          0, 3, 20.0);
+          1, 5, 10.0);
       r.baseline = time_cpu(
           [&] {
             auto qq = q.clone().requires_grad_();
             fusion::bank_cross_entropy_composed(qq, bank, target, 0.5).sum().backward();
           },
-          1, 3, 20.0);
+          1, 5, 10.0);
       r.flops = 4.0 * double(b) * double(n) * double(d);  // logits + grad_q
+      r.ceiling = cpu_gemm_flops(2048, d);
+      r.ceiling_name = "LibTorch CPU GEMM";
+      r.note = "executes 6 B N D (logits recomputed); extra memory " +
+               std::to_string(int64_t(16.0 * double(b) * double(d) * 4 / 1e6)) +
+               " MB (16 partial grad_q) vs the composition's B x N logits (" +
+               std::to_string(int64_t(double(b) * double(n) * 4 / 1e6)) + " MB each)";
       rep.add(r);
     }
   }

@@ -1,5 +1,6 @@
 #include "fusion/ops/aggregate.h"
 
+#include "fusion/ops/cpu_context.h"
 #include "mmfl/error.h"
 
 #ifdef MMFL_HAVE_CUDA
@@ -40,7 +41,7 @@ torch::Tensor weighted_sum(const torch::Tensor& updates_in, const torch::Tensor&
   auto out = torch::empty({n}, updates.options());
   if (updates.is_cpu()) {
     kernels::cpu::weighted_sum(updates.data_ptr<float>(), weights.data_ptr<float>(), k, n,
-                               out.data_ptr<float>(), acc);
+                               out.data_ptr<float>(), acc, cpu_context());
     return out;
   }
 #ifdef MMFL_HAVE_CUDA
@@ -64,9 +65,9 @@ FiniteSum weighted_sum_finite(const torch::Tensor& updates_in, const torch::Tens
   r.out = torch::empty({n}, updates.options());
   auto bad = torch::empty({k}, updates.options().dtype(torch::kUInt8));
   if (updates.is_cpu()) {
-    r.skipped =
-        kernels::cpu::weighted_sum_finite(updates.data_ptr<float>(), weights.data_ptr<float>(), k,
-                                          n, r.out.data_ptr<float>(), bad.data_ptr<uint8_t>(), acc);
+    r.skipped = kernels::cpu::weighted_sum_finite(
+        updates.data_ptr<float>(), weights.data_ptr<float>(), k, n, r.out.data_ptr<float>(),
+        bad.data_ptr<uint8_t>(), acc, cpu_context());
     r.bad = bad.to(torch::kBool);
     return r;
   }

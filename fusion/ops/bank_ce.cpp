@@ -2,6 +2,7 @@
 
 #include <torch/autograd.h>
 
+#include "fusion/ops/cpu_context.h"
 #include "mmfl/error.h"
 
 #ifdef MMFL_HAVE_CUDA
@@ -38,7 +39,7 @@ class BankCrossEntropy : public torch::autograd::Function<BankCrossEntropy> {
     if (q.is_cpu()) {
       kernels::cpu::bank_ce_forward(q.data_ptr<float>(), bank.data_ptr<float>(),
                                     target.data_ptr<int64_t>(), b, n, d, tau.data_ptr<float>(),
-                                    lse.data_ptr<float>(), loss.data_ptr<float>());
+                                    lse.data_ptr<float>(), loss.data_ptr<float>(), cpu_context());
     } else {
 #ifdef MMFL_HAVE_CUDA
       const c10::cuda::CUDAGuard guard(q.device());
@@ -67,7 +68,7 @@ class BankCrossEntropy : public torch::autograd::Function<BankCrossEntropy> {
       kernels::cpu::bank_ce_backward(q.data_ptr<float>(), bank.data_ptr<float>(),
                                      target.data_ptr<int64_t>(), b, n, d, tau.data_ptr<float>(),
                                      lse.data_ptr<float>(), g.data_ptr<float>(),
-                                     grad_q.data_ptr<float>(), gb);
+                                     grad_q.data_ptr<float>(), gb, cpu_context());
     } else {
 #ifdef MMFL_HAVE_CUDA
       const c10::cuda::CUDAGuard guard(q.device());
@@ -127,7 +128,7 @@ EnsembleResult creamfl_ensemble(const torch::Tensor& local_in, const torch::Tens
   if (local.is_cpu()) {
     kernels::cpu::creamfl_ensemble(local.data_ptr<float>(), bank.data_ptr<float>(), k, n, d,
                                    tau.data_ptr<float>(), weighting, r.weights.data_ptr<float>(),
-                                   r.out.data_ptr<float>());
+                                   r.out.data_ptr<float>(), cpu_context());
   } else {
 #ifdef MMFL_HAVE_CUDA
     const c10::cuda::CUDAGuard guard(local.device());

@@ -2,6 +2,7 @@
 
 #include <torch/autograd.h>
 
+#include "fusion/ops/cpu_context.h"
 #include "mmfl/error.h"
 #include "mmfl/kernels/infonce.h"
 
@@ -40,7 +41,8 @@ class InfoNce : public torch::autograd::Function<InfoNce> {
     if (img.is_cpu()) {
       kernels::cpu::infonce_forward(img.data_ptr<float>(), txt.data_ptr<float>(), n, d,
                                     tau.data_ptr<float>(), loss.data_ptr<float>(),
-                                    lse_img.data_ptr<float>(), lse_txt.data_ptr<float>());
+                                    lse_img.data_ptr<float>(), lse_txt.data_ptr<float>(),
+                                    cpu_context());
     } else {
 #ifdef MMFL_HAVE_CUDA
       const c10::cuda::CUDAGuard guard(img.device());
@@ -66,10 +68,11 @@ class InfoNce : public torch::autograd::Function<InfoNce> {
     auto grad_img = torch::empty_like(img), grad_txt = torch::empty_like(txt);
     auto grad_tau = torch::empty({1}, img.options());
     if (img.is_cpu()) {
-      kernels::cpu::infonce_backward(
-          img.data_ptr<float>(), txt.data_ptr<float>(), n, d, tau.data_ptr<float>(),
-          lse_img.data_ptr<float>(), lse_txt.data_ptr<float>(), grad_loss.data_ptr<float>(),
-          grad_img.data_ptr<float>(), grad_txt.data_ptr<float>(), grad_tau.data_ptr<float>());
+      kernels::cpu::infonce_backward(img.data_ptr<float>(), txt.data_ptr<float>(), n, d,
+                                     tau.data_ptr<float>(), lse_img.data_ptr<float>(),
+                                     lse_txt.data_ptr<float>(), grad_loss.data_ptr<float>(),
+                                     grad_img.data_ptr<float>(), grad_txt.data_ptr<float>(),
+                                     grad_tau.data_ptr<float>(), cpu_context());
     } else {
 #ifdef MMFL_HAVE_CUDA
       const c10::cuda::CUDAGuard guard(img.device());

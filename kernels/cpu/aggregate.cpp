@@ -1,97 +1,115 @@
-// CPU reference of the weighted aggregation (FedAvg's reduction): plain loops, accumulators of the
-// requested width, clients visited in order. Also the CPU execution path.
-#include "mmfl/kernels/aggregate.h"
-
-#include <cmath>
+// Fast CPU weighted aggregation: the n values are cut into chunks of kChunk, one task per chunk,
+// clients added in order, so every output is written by one task in a fixed order: the same bits
+// for any number of threads, and the same bits as the single-threaded fp32 loop.
+#include <algorithm>
 #include <vector>
 
-#include "mmfl/error.h"
+#include "../common/host_checks.h"
+#include "mmfl/kernels/aggregate.h"
+#include "simd.h"
 
 namespace mmfl::kernels::cpu {
 namespace {
 
-void check_args(const char* fn, const float* updates, const float* weights, int64_t num_clients,
-                int64_t n, const float* out, Accumulator acc) {
-  MMFL_CHECK(num_clients >= 1, fn, ": num_clients must be >= 1, got ", num_clients);
-  MMFL_CHECK(n >= 0, fn, ": n (values per client) must be >= 0, got ", n);
-  MMFL_CHECK(weights != nullptr, fn, ": weights is null");
-  MMFL_CHECK(n == 0 || updates != nullptr, fn, ": updates is null");
-  MMFL_CHECK(n == 0 || out != nullptr, fn, ": out is null");
-  MMFL_CHECK(acc == Accumulator::kFloat32 || acc == Accumulator::kFloat64, fn,
-             ": acc must be Accumulator::kFloat32 or kFloat64, got ", static_cast<int>(acc));
-}
+// A chunk's running sums stay in L1 / L2 (32 KiB in fp32, 64 KiB in fp64) while four clients'
+// slices stream past at a time: four read streams and one pass over the sums per four clients.
+constexpr int64_t kChunk = 65536;
 
 // out[j] = scale * sum over clients k not marked in `bad` (nullable) of weights[k] * updates[k][j].
-template <typename Acc>
-void accumulate(const float* updates,  // [num_clients, n]
-                const float* weights,  // [num_clients]
-                const uint8_t* bad,    // [num_clients] or null
-                int64_t num_clients, int64_t n, Acc scale,
-                float* out) {  // [n]
-  std::vector<Acc> sum(static_cast<size_t>(n), Acc(0));
-  for (int64_t k = 0; k < num_clients; ++k) {
-    if (bad != nullptr && bad[k] != 0) continue;
-    const Acc w = static_cast<Acc>(weights[k]);
-    const float* row = updates + k * n;
-    for (int64_t j = 0; j < n; ++j)
-      sum[j] += w * static_cast<Acc>(row[j]);
-  }
-  for (int64_t j = 0; j < n; ++j)
-    out[j] = static_cast<float>(sum[j] * scale);
-}
-
-template <typename Acc>
-int64_t finite_sum(const float* updates, const float* weights, int64_t num_clients, int64_t n,
-                   float* out, uint8_t* bad) {
-  int64_t skipped = 0;
-  Acc all = 0;
-  Acc good = 0;
-  for (int64_t k = 0; k < num_clients; ++k) {
-    const float* row = updates + k * n;
-    bool finite = true;
-    for (int64_t j = 0; j < n && finite; ++j)
-      finite = std::isfinite(row[j]);
-    bad[k] = finite ? 0 : 1;
-    skipped += finite ? 0 : 1;
-    all += static_cast<Acc>(weights[k]);
-    if (finite) good += static_cast<Acc>(weights[k]);
-  }
-  // Rescale so the remaining weights sum to the total (nothing to rescale when they sum to 0).
-  const Acc scale = (skipped == 0 || good == Acc(0)) ? Acc(1) : all / good;
-  if (n > 0) accumulate<Acc>(updates, weights, bad, num_clients, n, scale, out);
-  return skipped;
+void accumulate(const float* updates, const float* weights, const uint8_t* bad, int64_t num_clients,
+                int64_t n, double scale, Accumulator acc, float* out, const Context& ctx) {
+  std::vector<int64_t> clients;  // the ones that count, in order
+  for (int64_t k = 0; k < num_clients; ++k)
+    if (bad == nullptr || bad[k] == 0) clients.push_back(k);
+  const int64_t count = static_cast<int64_t>(clients.size());
+  detail::run_tasks(ctx, detail::ceil_div(n, kChunk), [&](int64_t chunk) {
+    const int64_t j0 = chunk * kChunk, len = std::min(kChunk, n - j0);
+    const float* x[4];
+    if (acc == Accumulator::kFloat32) {
+      thread_local std::vector<float> sum;
+      sum.assign(len, 0.0f);
+      int64_t c = 0;
+      for (; c + 4 <= count; c += 4) {
+        float w[4];
+        for (int i = 0; i < 4; ++i) {
+          x[i] = updates + clients[c + i] * n + j0;
+          w[i] = weights[clients[c + i]];
+        }
+        detail::axpy4_f32(sum.data(), x, w, len);
+      }
+      for (; c < count; ++c)
+        detail::axpy_f32(sum.data(), updates + clients[c] * n + j0, weights[clients[c]], len);
+      const float s = static_cast<float>(scale);
+      for (int64_t j = 0; j < len; ++j)
+        out[j0 + j] = sum[j] * s;
+    } else {
+      thread_local std::vector<double> sum;
+      sum.assign(len, 0.0);
+      int64_t c = 0;
+      for (; c + 4 <= count; c += 4) {
+        double w[4];
+        for (int i = 0; i < 4; ++i) {
+          x[i] = updates + clients[c + i] * n + j0;
+          w[i] = weights[clients[c + i]];
+        }
+        detail::axpy4_f64(sum.data(), x, w, len);
+      }
+      for (; c < count; ++c)
+        detail::axpy_f64(sum.data(), updates + clients[c] * n + j0, weights[clients[c]], len);
+      for (int64_t j = 0; j < len; ++j)
+        out[j0 + j] = static_cast<float>(sum[j] * scale);
+    }
+  });
 }
 
 }  // namespace
 
 void weighted_sum(const float* updates, const float* weights, int64_t num_clients, int64_t n,
-                  float* out, Accumulator acc) {
-  check_args("cpu::weighted_sum", updates, weights, num_clients, n, out, acc);
+                  float* out, Accumulator acc, const Context& ctx) {
+  checks::check_aggregate_args("cpu::weighted_sum", updates, weights, num_clients, n, out, acc);
   if (n == 0) return;
-  switch (acc) {
-    case Accumulator::kFloat32:
-      accumulate<float>(updates, weights, nullptr, num_clients, n, 1.0f, out);
-      break;
-    case Accumulator::kFloat64:
-      accumulate<double>(updates, weights, nullptr, num_clients, n, 1.0, out);
-      break;
-    default:
-      MMFL_FAIL("cpu::weighted_sum: unknown Accumulator ", static_cast<int>(acc));
-  }
+  accumulate(updates, weights, nullptr, num_clients, n, 1.0, acc, out, ctx);
 }
 
 int64_t weighted_sum_finite(const float* updates, const float* weights, int64_t num_clients,
-                            int64_t n, float* out, uint8_t* bad, Accumulator acc) {
-  check_args("cpu::weighted_sum_finite", updates, weights, num_clients, n, out, acc);
+                            int64_t n, float* out, uint8_t* bad, Accumulator acc,
+                            const Context& ctx) {
+  checks::check_aggregate_args("cpu::weighted_sum_finite", updates, weights, num_clients, n, out,
+                               acc);
   MMFL_CHECK(bad != nullptr, "cpu::weighted_sum_finite: bad is null");
-  switch (acc) {
-    case Accumulator::kFloat32:
-      return finite_sum<float>(updates, weights, num_clients, n, out, bad);
-    case Accumulator::kFloat64:
-      return finite_sum<double>(updates, weights, num_clients, n, out, bad);
-    default:
-      MMFL_FAIL("cpu::weighted_sum_finite: unknown Accumulator ", static_cast<int>(acc));
+  // Which clients hold a NaN or Inf: per (chunk, client) flags, so chunks check in parallel.
+  const int64_t chunks = detail::ceil_div(n, kChunk);
+  std::vector<uint8_t> finite(chunks * num_clients);
+  detail::run_tasks(ctx, chunks, [&](int64_t chunk) {
+    const int64_t j0 = chunk * kChunk, len = std::min(kChunk, n - j0);
+    for (int64_t k = 0; k < num_clients; ++k)
+      finite[chunk * num_clients + k] = detail::all_finite(updates + k * n + j0, len) ? 1 : 0;
+  });
+  int64_t skipped = 0;
+  double all = 0, good = 0;
+  float all_f = 0, good_f = 0;
+  for (int64_t k = 0; k < num_clients; ++k) {
+    bool ok = true;
+    for (int64_t chunk = 0; chunk < chunks; ++chunk)
+      ok = ok && finite[chunk * num_clients + k] != 0;
+    bad[k] = ok ? 0 : 1;
+    skipped += ok ? 0 : 1;
+    all += weights[k];
+    all_f += weights[k];
+    if (ok) good += weights[k], good_f += weights[k];
   }
+  // Rescale so the remaining weights sum to the total (nothing to rescale when they sum to 0);
+  // computed in the accumulator's width, as the reference does.
+  double scale = 1.0;
+  if (skipped != 0) {
+    if (acc == Accumulator::kFloat32) {
+      if (good_f != 0.0f) scale = all_f / good_f;
+    } else if (good != 0.0) {
+      scale = all / good;
+    }
+  }
+  if (n > 0) accumulate(updates, weights, bad, num_clients, n, scale, acc, out, ctx);
+  return skipped;
 }
 
 }  // namespace mmfl::kernels::cpu

@@ -3,9 +3,9 @@
 // a fixed summation order), with float4 loads when every row is 16-byte aligned.
 #include <cstdint>
 
+#include "common.cuh"
 #include "mmfl/kernels/aggregate.h"
 #include "mmfl/kernels/launch.h"
-#include "reduce.cuh"
 
 namespace mmfl::kernels::MMFL_KERNEL_NS {
 namespace {
@@ -18,16 +18,6 @@ constexpr int kRowsInFlight = 4;
 constexpr int64_t kMaxBlocks = 65535;
 // Elements of one client row a block scans per step of the finiteness pass.
 constexpr int64_t kFlagChunk = kThreads * 16;
-
-// float4 loads need every row start (updates + k*n) and out to be 16-byte aligned: n % 4 == 0
-// and aligned base pointers. Otherwise one float per thread and load.
-enum class Layout : int { kVector4, kScalar };
-
-Layout choose_layout(const float* updates, const float* out, int64_t n) {
-  const bool aligned =
-      reinterpret_cast<uintptr_t>(updates) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
-  return aligned && n % 4 == 0 ? Layout::kVector4 : Layout::kScalar;
-}
 
 // NaN and +-Inf are the floats whose exponent bits are all ones; a bit test is immune to
 // fast-math flags.
@@ -73,11 +63,11 @@ __global__ void __launch_bounds__(kThreads)
                         const uint8_t* __restrict__ bad,    // [num_clients] or null
                         int64_t num_clients, int64_t n,
                         float* __restrict__ out,  // [n]
-                        Layout layout) {
+                        detail::Access layout) {
   const Acc scale = rescale_factor<Acc>(weights, bad, num_clients);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (layout == Layout::kVector4) {
+  if (layout == detail::Access::kVector4) {
     const int64_t n4 = n / 4;
     const float4* rows = reinterpret_cast<const float4*>(updates);
     for (int64_t c = first; c < n4; c += stride) {
@@ -146,7 +136,7 @@ __global__ void __launch_bounds__(kThreads)
     flag_nonfinite_kernel(const float* __restrict__ updates,  // [num_clients, n]
                           int64_t num_clients, int64_t n,
                           uint8_t* __restrict__ bad,  // [num_clients]
-                          Layout layout) {
+                          detail::Access layout) {
   const int64_t chunks = (n + kFlagChunk - 1) / kFlagChunk;
   for (int64_t b = blockIdx.x; b < num_clients * chunks; b += gridDim.x) {
     const int64_t k = b / chunks;
@@ -154,7 +144,7 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t end = begin + kFlagChunk < n ? begin + kFlagChunk : n;
     const float* row = updates + k * n;
     int found = 0;
-    if (layout == Layout::kVector4) {
+    if (layout == detail::Access::kVector4) {
       for (int64_t j = begin + 4 * static_cast<int64_t>(threadIdx.x); j < end;
            j += 4 * static_cast<int64_t>(blockDim.x)) {
         const float4 v = __ldg(reinterpret_cast<const float4*>(row + j));
@@ -189,8 +179,8 @@ unsigned blocks_for(int64_t work_items) {
 template <typename Acc>
 void launch_weighted_sum(const float* updates, const float* weights, const uint8_t* bad,
                          int64_t num_clients, int64_t n, float* out, cudaStream_t stream) {
-  const Layout layout = choose_layout(updates, out, n);
-  const unsigned blocks = blocks_for(layout == Layout::kVector4 ? n / 4 : n);
+  const detail::Access layout = detail::choose_access(updates, out, n);
+  const unsigned blocks = blocks_for(layout == detail::Access::kVector4 ? n / 4 : n);
   MMFL_LAUNCH(weighted_sum_kernel<Acc>, blocks, kThreads, 0, stream)
   (updates, weights, bad, num_clients, n, out, layout);
   MMFL_CHECK_LAUNCH(weighted_sum_kernel<Acc>);
@@ -227,7 +217,7 @@ void weighted_sum_finite(const float* updates, const float* weights, int64_t num
   MMFL_CHECK(bad != nullptr, "weighted_sum_finite: bad is null");
   MMFL_CUDA_CHECK(cudaMemsetAsync(bad, 0, static_cast<size_t>(num_clients), stream));
   if (n == 0) return;  // empty updates are finite: nothing skipped, nothing to sum
-  const Layout layout = choose_layout(updates, updates, n);
+  const detail::Access layout = detail::choose_access(updates, updates, n);
   const int64_t chunks = (n + kFlagChunk - 1) / kFlagChunk;
   const int64_t flag_blocks = num_clients * chunks < kMaxBlocks ? num_clients * chunks : kMaxBlocks;
   MMFL_LAUNCH(flag_nonfinite_kernel, static_cast<unsigned>(flag_blocks), kThreads, 0, stream)

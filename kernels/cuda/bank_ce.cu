@@ -26,8 +26,8 @@ namespace {
 using bank::AccumSpace;
 using bank::kTileCols;
 using bank::kTileRows;
-using bank::Load;
 using bank::RunningLse;
+using detail::Access;
 
 // ---- Splitting the bank -------------------------------------------------------------------------
 
@@ -125,7 +125,7 @@ __global__ void __launch_bounds__(bank::kThreads)
                         float* __restrict__ lse,      // [rows] or nullptr
                         float* __restrict__ loss,     // [rows]
                         float* __restrict__ partial,  // [2 * splits + 1, rows] or nullptr
-                        Load load) {
+                        Access load) {
   __shared__ bank::RowLseSmem smem;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTileRows;
   const int64_t col_begin = static_cast<int64_t>(blockIdx.y) * cols_per_split;
@@ -177,7 +177,7 @@ __global__ void __launch_bounds__(kMergeThreads)
 template <typename Target>
 void rows_forward(const float* q, int64_t rows, const float* g, int64_t cols, int64_t d,
                   const float* tau, Target target, float* lse, float* loss, cudaStream_t stream) {
-  const Load load = bank::choose_load(q, g, d);
+  const Access load = detail::choose_access(q, g, d);
   const BankSplit split = split_bank(rows, cols, kTargetBlocks);
   if (split.splits == 1) {
     MMFL_LAUNCH(bank_ce_rows_kernel<Target>, tile_grid(rows, split), bank::kThreads, 0, stream)
@@ -247,7 +247,7 @@ __global__ void __launch_bounds__(bank::kThreads)
                         const float* __restrict__ tau,  // [1]
                         Ds ds, int64_t cols_per_split,
                         float* __restrict__ out,  // [splits, rows, d]
-                        Load load, AccumSpace space) {
+                        Access load, AccumSpace space) {
   __shared__ bank::GradSmem smem;
   MMFL_DYNAMIC_SHARED(float, shared_accum);  // [64, d] when space == kShared
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTileRows;
@@ -277,7 +277,7 @@ __global__ void __launch_bounds__(kSumThreads)
 // out [rows, d] = (1/tau) dL/dlogits [rows, cols] * g [cols, d], the logits recomputed.
 template <typename Ds>
 void rows_backward(const float* q, int64_t rows, const float* g, int64_t cols, int64_t d,
-                   const float* tau, const Ds& ds, Load load, float* out, cudaStream_t stream) {
+                   const float* tau, const Ds& ds, Access load, float* out, cudaStream_t stream) {
   const AccumSpace space = bank::choose_accum_space(d);
   const size_t smem = bank::accum_shared_bytes(space, d);
   // More than 48 KiB of dynamic shared memory needs an explicit opt-in.
@@ -315,7 +315,7 @@ __global__ void __launch_bounds__(kCombineWarps * 32)
                             int64_t k, int64_t n, int64_t d, EnsembleWeighting weighting,
                             float* weights,           // [k, n] in: losses; out: weights
                             float* __restrict__ out,  // [n, d]
-                            Load load) {
+                            Access load) {
   const int lane = static_cast<int>(threadIdx.x) % 32;
   const int64_t j = static_cast<int64_t>(blockIdx.x) * kCombineWarps + threadIdx.x / 32;
   if (j >= n) return;  // the whole warp: j is per warp
@@ -336,7 +336,7 @@ __global__ void __launch_bounds__(kCombineWarps * 32)
   const float* src = local + j * d;  // client c's row j at src + c * n * d
   float* dst = out + j * d;
   const int64_t client_stride = n * d;
-  if (load == Load::kVector4) {
+  if (load == Access::kVector4) {
     for (int64_t x = 4 * lane; x < d; x += 4 * 32) {
       float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll 4
@@ -388,7 +388,7 @@ void bank_ce_backward(const float* q, const float* bank, const int64_t* target, 
   check_sizes("bank_ce_backward", "b (queries)", b, n, d, tau);
   MMFL_CHECK(q && bank && target && lse && grad_loss && grad_q,
              "bank_ce_backward: q, bank, target, lse, grad_loss and grad_q must not be null");
-  const Load load = bank::choose_load(q, bank, d);
+  const Access load = detail::choose_access(q, bank, d);
   rows_backward(q, b, bank, n, d, tau, QueryGradDs{target, lse, grad_loss}, load, grad_q, stream);
   if (grad_bank != nullptr) {
     rows_backward(bank, n, q, b, d, tau, BankGradDs{target, lse, grad_loss}, load, grad_bank,
@@ -416,7 +416,7 @@ void creamfl_ensemble(const float* local, const float* bank, int64_t k, int64_t 
   }
   MMFL_LAUNCH(ensemble_combine_kernel, static_cast<unsigned>(ceil_div(n, kCombineWarps)),
               kCombineWarps * 32, 0, stream)
-  (local, k, n, d, weighting, weights, out, bank::choose_load(local, out, d));
+  (local, k, n, d, weighting, weights, out, detail::choose_access(local, out, d));
   MMFL_CHECK_LAUNCH(ensemble_combine_kernel);
 }
 

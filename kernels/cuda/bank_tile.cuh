@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "common.cuh"
 #include "mmfl/kernels/launch.h"
 
 namespace mmfl::kernels::MMFL_KERNEL_NS::bank {
@@ -33,14 +34,7 @@ static_assert(kTileRows == kThreadsY * kMicro && kTileCols == kThreadsX * kMicro
 constexpr int kPaddedRows = kTileRows + 4;
 constexpr int kPaddedCols = kTileCols + 4;
 
-// float4 global loads need d % 4 == 0 and 16-byte aligned bases; otherwise scalar loads.
-enum class Load : int { kVector4, kScalar };
-
-inline Load choose_load(const float* a, const float* b, int64_t d) {
-  const bool aligned =
-      reinterpret_cast<uintptr_t>(a) % 16 == 0 && reinterpret_cast<uintptr_t>(b) % 16 == 0;
-  return aligned && d % 4 == 0 ? Load::kVector4 : Load::kScalar;
-}
+using detail::Access;  // float4 or scalar loads of the feature rows (common.cuh)
 
 // One kTileDepth-wide slice of d for both operands, transposed ([k][row]) so that a thread reads
 // the 4 rows (or columns) of its register block as one float4 (hence the 16-byte alignment).
@@ -61,9 +55,9 @@ __device__ __forceinline__ int thread_row() {
 template <int kPadded>
 __device__ __forceinline__ void stage_slice(const float* __restrict__ src,  // [rows, d]
                                             int64_t rows, int64_t d, int64_t row0, int64_t k0,
-                                            float (*dst)[kPadded], Load load) {
+                                            float (*dst)[kPadded], Access load) {
   const int t = static_cast<int>(threadIdx.x);
-  if (load == Load::kVector4) {
+  if (load == Access::kVector4) {
     // 64 rows x 8 float4: a warp reads 4 rows x 128 contiguous bytes.
     constexpr int kVecPerRow = kTileDepth / 4;
 #pragma unroll
@@ -101,7 +95,7 @@ __device__ __forceinline__ void logit_tile(const float* __restrict__ q,  // [row
                                            int64_t rows,
                                            const float* __restrict__ g,  // [cols, d]
                                            int64_t cols, int64_t d, int64_t row0, int64_t col0,
-                                           float inv_tau, Load load, SliceSmem& smem,
+                                           float inv_tau, Access load, SliceSmem& smem,
                                            float (&s)[kMicro][kMicro]) {
   const int tx = thread_col();
   const int ty = thread_row();
@@ -210,7 +204,7 @@ __device__ __forceinline__ void row_lse_pass(const float* __restrict__ q,  // [r
                                              int64_t rows,
                                              const float* __restrict__ g,  // [>= col_end, d]
                                              int64_t col_begin, int64_t col_end, int64_t d,
-                                             int64_t row0, float inv_tau, Load load,
+                                             int64_t row0, float inv_tau, Access load,
                                              const Target& target, RowLseSmem& smem,
                                              RunningLse& run, float& picked) {
   const int tx = thread_col();
@@ -289,9 +283,9 @@ union GradSmem {
 // dst[kk][c] = bank[col0 + kk][dc0 + c] for kk, c < 64; zero outside [cols, d).
 __device__ __forceinline__ void stage_bank_chunk(const float* __restrict__ bank_rows,  // [cols, d]
                                                  int64_t cols, int64_t d, int64_t col0, int64_t dc0,
-                                                 float (*dst)[kPaddedCols], Load load) {
+                                                 float (*dst)[kPaddedCols], Access load) {
   const int t = static_cast<int>(threadIdx.x);
-  if (load == Load::kVector4) {
+  if (load == Access::kVector4) {
     constexpr int kVecPerRow = kTileCols / 4;
 #pragma unroll
     for (int i = 0; i < kTileCols * kVecPerRow / kThreads; ++i) {
@@ -332,8 +326,8 @@ __device__ __forceinline__ void grad_rows_pass(const float* __restrict__ q,  // 
                                                int64_t rows,
                                                const float* __restrict__ g,  // [>= col_end, d]
                                                int64_t col_begin, int64_t col_end, int64_t d,
-                                               int64_t row0, float inv_tau, const Ds& ds, Load load,
-                                               AccumSpace space, GradSmem& smem,
+                                               int64_t row0, float inv_tau, const Ds& ds,
+                                               Access load, AccumSpace space, GradSmem& smem,
                                                float* shared_accum,        // [64, d] if kShared
                                                float* __restrict__ out) {  // [rows - row0, d]
   const int tx = thread_col();
@@ -341,8 +335,8 @@ __device__ __forceinline__ void grad_rows_pass(const float* __restrict__ q,  // 
   const int rows_here = rows - row0 < kTileRows ? static_cast<int>(rows - row0) : kTileRows;
   float* accum = space == AccumSpace::kShared ? shared_accum : out;  // [rows_here, d]
   // float4 read-modify-write needs d % 4 == 0 (what kVector4 means) and an aligned base.
-  const bool vec_accum = load == Load::kVector4 && (space == AccumSpace::kShared ||
-                                                    reinterpret_cast<uintptr_t>(out) % 16 == 0);
+  const bool vec_accum = load == Access::kVector4 && (space == AccumSpace::kShared ||
+                                                      reinterpret_cast<uintptr_t>(out) % 16 == 0);
 
   typename Ds::Row rs[kMicro] = {};
 #pragma unroll

@@ -7,16 +7,16 @@
 #include <cstdint>
 
 #include "bank_tile.cuh"
+#include "common.cuh"
 #include "mmfl/kernels/infonce.h"
 #include "mmfl/kernels/launch.h"
-#include "reduce.cuh"
 
 namespace mmfl::kernels::MMFL_KERNEL_NS {
 namespace {
 
 using bank::AccumSpace;
 using bank::kTileRows;
-using bank::Load;
+using detail::Access;
 
 // One block reduces O(n*d) work (the loss's diagonal logits, grad_tau's dot products): small
 // next to the O(n^2*d) passes, and a single block keeps the sum order fixed without a workspace.
@@ -30,7 +30,7 @@ __global__ void __launch_bounds__(bank::kThreads)
                    int64_t cols, int64_t d,
                    const float* __restrict__ tau,  // [1]
                    float* __restrict__ lse,        // [rows]
-                   Load load) {
+                   Access load) {
   __shared__ bank::RowLseSmem smem;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTileRows;
   bank::RunningLse run;
@@ -123,7 +123,7 @@ __global__ void __launch_bounds__(bank::kThreads)
                         const float* __restrict__ lse_g,      // [n]
                         const float* __restrict__ grad_loss,  // [1]
                         float* __restrict__ grad_q,           // [n, d]
-                        Load load, AccumSpace space) {
+                        Access load, AccumSpace space) {
   __shared__ bank::GradSmem smem;
   MMFL_DYNAMIC_SHARED(float, shared_accum);  // [64, d] when space == kShared
   const InfonceDs ds{lse_q, lse_g, *grad_loss / (2.0f * static_cast<float>(n))};
@@ -152,7 +152,7 @@ void infonce_forward(const float* img, const float* txt, int64_t n, int64_t d, c
   check_args("infonce_forward", img, txt, n, d, tau);
   MMFL_CHECK(loss != nullptr && lse_img != nullptr && lse_txt != nullptr,
              "infonce_forward: loss, lse_img and lse_txt must not be null");
-  const Load load = bank::choose_load(img, txt, d);
+  const Access load = detail::choose_access(img, txt, d);
   MMFL_LAUNCH(row_lse_kernel, row_blocks(n), bank::kThreads, 0, stream)
   (img, n, txt, n, d, tau, lse_img, load);
   MMFL_CHECK_LAUNCH(row_lse_kernel);
@@ -172,7 +172,7 @@ void infonce_backward(const float* img, const float* txt, int64_t n, int64_t d, 
              "infonce_backward: lse_img, lse_txt and grad_loss must not be null");
   MMFL_CHECK(grad_img != nullptr && grad_txt != nullptr && grad_tau != nullptr,
              "infonce_backward: grad_img, grad_txt and grad_tau must not be null");
-  const Load load = bank::choose_load(img, txt, d);
+  const Access load = detail::choose_access(img, txt, d);
   const AccumSpace space = bank::choose_accum_space(d);
   const size_t smem = bank::accum_shared_bytes(space, d);
   // More than 48 KiB of dynamic shared memory needs an explicit opt-in.

@@ -16,6 +16,7 @@
 
 #include "backend.h"
 #include "mmfl/error.h"
+#include "ops.h"
 #include "test_util.h"
 
 namespace mmfl::test {
@@ -31,21 +32,7 @@ const char* accumulator_name(Accumulator acc) {
 
 void run_weighted_sum(Backend backend, const float* updates, const float* weights, int64_t clients,
                       int64_t n, float* out, Accumulator acc) {
-  switch (backend) {
-    case Backend::kCpu:
-      kernels::cpu::weighted_sum(updates, weights, clients, n, out, acc);
-      return;
-    case Backend::kSimt:
-      kernels::simt::weighted_sum(updates, weights, clients, n, out, acc, nullptr);
-      return;
-    case Backend::kCuda:
-#if defined(MMFL_TEST_HAVE_CUDA)
-      kernels::cuda::weighted_sum(updates, weights, clients, n, out, acc, nullptr);
-      return;
-#endif
-    default:
-      MMFL_FAIL("backend ", backend_name(backend), " is not available");
-  }
+  ops::weighted_sum(backend, updates, weights, clients, n, out, acc);
 }
 
 // Returns the CPU reference's count of skipped clients; the device versions return nothing (the
@@ -53,37 +40,24 @@ void run_weighted_sum(Backend backend, const float* updates, const float* weight
 int64_t run_weighted_sum_finite(Backend backend, const float* updates, const float* weights,
                                 int64_t clients, int64_t n, float* out, uint8_t* bad,
                                 Accumulator acc) {
-  switch (backend) {
-    case Backend::kCpu:
-      return kernels::cpu::weighted_sum_finite(updates, weights, clients, n, out, bad, acc);
-    case Backend::kSimt:
-      kernels::simt::weighted_sum_finite(updates, weights, clients, n, out, bad, acc, nullptr);
-      return -1;
-    case Backend::kCuda:
-#if defined(MMFL_TEST_HAVE_CUDA)
-      kernels::cuda::weighted_sum_finite(updates, weights, clients, n, out, bad, acc, nullptr);
-      return -1;
-#endif
-    default:
-      MMFL_FAIL("backend ", backend_name(backend), " is not available");
-  }
+  return ops::weighted_sum_finite(backend, updates, weights, clients, n, out, bad, acc);
 }
 
 // ---- CPU reference: golden cases ----------------------------------------------------------------
 
-TEST(CpuAggregate, WeightedSumGolden) {
+TEST(RefAggregate, WeightedSumGolden) {
   const std::vector<float> updates = {1, 2, 3,   // client 0
                                       4, 5, 6};  // client 1
   const std::vector<float> weights = {0.5f, 0.25f};
   for (Accumulator acc : {Accumulator::kFloat32, Accumulator::kFloat64}) {
     std::vector<float> out(3, kNaN);
-    kernels::cpu::weighted_sum(updates.data(), weights.data(), 2, 3, out.data(), acc);
+    kernels::ref::weighted_sum(updates.data(), weights.data(), 2, 3, out.data(), acc);
     // 0.5*1 + 0.25*4, 0.5*2 + 0.25*5, 0.5*3 + 0.25*6
     EXPECT_EQ(out, (std::vector<float>{1.5f, 2.25f, 3.0f})) << accumulator_name(acc);
   }
 }
 
-TEST(CpuAggregate, FiniteSkipsAndRescales) {
+TEST(RefAggregate, FiniteSkipsAndRescales) {
   const std::vector<float> updates = {1,    2,   // client 0
                                       kNaN, 5,   // client 1: skipped
                                       3,    4};  // client 2
@@ -91,7 +65,7 @@ TEST(CpuAggregate, FiniteSkipsAndRescales) {
   for (Accumulator acc : {Accumulator::kFloat32, Accumulator::kFloat64}) {
     std::vector<float> out(2, kNaN);
     std::vector<uint8_t> bad(3, 0xab);
-    const int64_t skipped = kernels::cpu::weighted_sum_finite(updates.data(), weights.data(), 3, 2,
+    const int64_t skipped = kernels::ref::weighted_sum_finite(updates.data(), weights.data(), 3, 2,
                                                               out.data(), bad.data(), acc);
     EXPECT_EQ(skipped, 1);
     EXPECT_EQ(bad, (std::vector<uint8_t>{0, 1, 0}));
@@ -101,24 +75,24 @@ TEST(CpuAggregate, FiniteSkipsAndRescales) {
   }
 }
 
-TEST(CpuAggregate, FiniteAllSkippedGivesZero) {
+TEST(RefAggregate, FiniteAllSkippedGivesZero) {
   const std::vector<float> updates = {kInf, 1, -kInf, 2};
   const std::vector<float> weights = {0.5f, 0.5f};
   std::vector<float> out(2, kNaN);
   std::vector<uint8_t> bad(2, 0xab);
-  EXPECT_EQ(kernels::cpu::weighted_sum_finite(updates.data(), weights.data(), 2, 2, out.data(),
+  EXPECT_EQ(kernels::ref::weighted_sum_finite(updates.data(), weights.data(), 2, 2, out.data(),
                                               bad.data(), Accumulator::kFloat64),
             2);
   EXPECT_EQ(bad, (std::vector<uint8_t>{1, 1}));
   EXPECT_EQ(out, (std::vector<float>{0, 0}));
 }
 
-TEST(CpuAggregate, FiniteZeroRemainingWeightIsNotRescaled) {
+TEST(RefAggregate, FiniteZeroRemainingWeightIsNotRescaled) {
   const std::vector<float> updates = {7, 8, kNaN, 1};
   const std::vector<float> weights = {0, 3};  // the only finite client has weight 0
   std::vector<float> out(2, kNaN);
   std::vector<uint8_t> bad(2, 0xab);
-  EXPECT_EQ(kernels::cpu::weighted_sum_finite(updates.data(), weights.data(), 2, 2, out.data(),
+  EXPECT_EQ(kernels::ref::weighted_sum_finite(updates.data(), weights.data(), 2, 2, out.data(),
                                               bad.data(), Accumulator::kFloat32),
             1);
   EXPECT_EQ(out, (std::vector<float>{0, 0}));
@@ -249,7 +223,7 @@ TEST_P(AggregateTest, WeightedSumFiniteSkipsAndRescalesExactly) {
     const int64_t skipped =
         run_weighted_sum_finite(backend(), d_updates.get() + c.offset, d_weights.get(), c.clients,
                                 c.n, d_out.get() + c.offset, d_bad.get(), acc());
-    if (backend() == Backend::kCpu) {
+    if (backend() == Backend::kRef || backend() == Backend::kCpu) {
       EXPECT_EQ(skipped, c.num_bad);
     }
     EXPECT_EQ(d_bad.download(), expected_bad);
@@ -284,11 +258,12 @@ std::string aggregate_param_name(
          accumulator_name(std::get<1>(info.param));
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Backends, AggregateTest,
-    ::testing::Combine(::testing::Values(Backend::kCpu, Backend::kSimt, Backend::kCuda),
-                       ::testing::Values(Accumulator::kFloat32, Accumulator::kFloat64)),
-    aggregate_param_name);
+INSTANTIATE_TEST_SUITE_P(Backends, AggregateTest,
+                         ::testing::Combine(::testing::Values(Backend::kRef, Backend::kCpu,
+                                                              Backend::kSimt, Backend::kCuda),
+                                            ::testing::Values(Accumulator::kFloat32,
+                                                              Accumulator::kFloat64)),
+                         aggregate_param_name);
 
 }  // namespace
 }  // namespace mmfl::test

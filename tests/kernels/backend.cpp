@@ -2,8 +2,11 @@
 // emulator's allocations for simt, and the CUDA runtime (backend_cuda.cpp) for real GPUs.
 #include "backend.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <thread>
+#include <vector>
 
 #include "mmfl/error.h"
 #include "mmfl/simt/runtime.h"
@@ -12,6 +15,8 @@ namespace mmfl::test {
 
 const char* backend_name(Backend backend) {
   switch (backend) {
+    case Backend::kRef:
+      return "ref";
     case Backend::kCpu:
       return "cpu";
     case Backend::kSimt:
@@ -25,6 +30,7 @@ const char* backend_name(Backend backend) {
 
 std::string unavailable_reason(Backend backend) {
   switch (backend) {
+    case Backend::kRef:
     case Backend::kCpu:
     case Backend::kSimt:
       return {};
@@ -39,8 +45,32 @@ std::string unavailable_reason(Backend backend) {
   }
 }
 
+kernels::cpu::Context thread_context(int threads) {
+  kernels::cpu::Context ctx;
+  ctx.parallel_for = [threads](int64_t num_tasks, const kernels::cpu::TaskBody& body) {
+    std::atomic<int64_t> next{0};
+    auto worker = [&] {
+      for (int64_t t = next++; t < num_tasks; t = next++)
+        body(t, t + 1);
+    };
+    std::vector<std::thread> pool;
+    for (int i = 1; i < threads; ++i)
+      pool.emplace_back(worker);
+    worker();
+    for (std::thread& th : pool)
+      th.join();
+  };
+  return ctx;
+}
+
+const kernels::cpu::Context& cpu_test_context() {
+  static const kernels::cpu::Context ctx = thread_context(3);
+  return ctx;
+}
+
 void* backend_alloc(Backend backend, std::size_t bytes) {
   switch (backend) {
+    case Backend::kRef:
     case Backend::kCpu: {
       // 256-byte aligned like device memory, so the float4 paths are exercised the same way.
       void* p = nullptr;
@@ -61,6 +91,7 @@ void* backend_alloc(Backend backend, std::size_t bytes) {
 
 void backend_free(Backend backend, void* ptr) {
   switch (backend) {
+    case Backend::kRef:
     case Backend::kCpu:
       std::free(ptr);
       return;
@@ -79,6 +110,7 @@ void backend_free(Backend backend, void* ptr) {
 
 void backend_upload(Backend backend, void* dst, const void* src, std::size_t bytes) {
   switch (backend) {
+    case Backend::kRef:
     case Backend::kCpu:
       if (bytes > 0) std::memcpy(dst, src, bytes);
       return;
@@ -97,6 +129,7 @@ void backend_upload(Backend backend, void* dst, const void* src, std::size_t byt
 
 void backend_download(Backend backend, void* dst, const void* src, std::size_t bytes) {
   switch (backend) {
+    case Backend::kRef:
     case Backend::kCpu:
       if (bytes > 0) std::memcpy(dst, src, bytes);
       return;
@@ -115,6 +148,7 @@ void backend_download(Backend backend, void* dst, const void* src, std::size_t b
 
 void backend_synchronize(Backend backend) {
   switch (backend) {
+    case Backend::kRef:
     case Backend::kCpu:
       return;
     case Backend::kSimt:

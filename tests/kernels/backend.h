@@ -10,11 +10,15 @@
 #include <string>
 #include <vector>
 
+#include "mmfl/kernels/cpu.h"
+
 namespace mmfl::test {
 
-enum class Backend { kCpu, kSimt, kCuda };
+// kRef: the CPU reference (the oracle); kCpu: the fast CPU path, run on cpu_test_context()'s
+// three threads; kSimt: the CUDA code on the emulator; kCuda: on a real GPU.
+enum class Backend { kRef, kCpu, kSimt, kCuda };
 
-const char* backend_name(Backend backend);  // "cpu", "simt", "cuda"
+const char* backend_name(Backend backend);  // "ref", "cpu", "simt", "cuda"
 
 // Why `backend` cannot run on this machine (built without CUDA, no GPU visible), or "" if it can.
 std::string unavailable_reason(Backend backend);
@@ -25,6 +29,12 @@ void backend_upload(Backend backend, void* dst, const void* src, std::size_t byt
 void backend_download(Backend backend, void* dst, const void* src, std::size_t bytes);
 // Waits for the backend's work; throws mmfl::Error with the device's error if there was one.
 void backend_synchronize(Backend backend);
+
+// A cpu::Context whose parallel_for runs tasks on `threads` new threads (std::thread), each taking
+// the next task from a shared counter, so the assignment of tasks to threads varies run to run.
+kernels::cpu::Context thread_context(int threads);
+// The context the kCpu backend runs with: three threads.
+const kernels::cpu::Context& cpu_test_context();
 
 // Real-CUDA half of the API, in backend_cuda.cpp (built only with CUDA).
 namespace cuda_backend {

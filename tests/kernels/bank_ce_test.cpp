@@ -19,6 +19,7 @@
 
 #include "backend.h"
 #include "mmfl/error.h"
+#include "ops.h"
 #include "test_util.h"
 
 namespace mmfl::test {
@@ -197,64 +198,19 @@ EnsembleExpected naive_ensemble(const std::vector<float>& local, const std::vect
 
 void run_forward(Backend backend, const float* q, const float* bank, const int64_t* target,
                  int64_t b, int64_t n, int64_t d, const float* tau, float* lse, float* loss) {
-  switch (backend) {
-    case Backend::kCpu:
-      kernels::cpu::bank_ce_forward(q, bank, target, b, n, d, tau, lse, loss);
-      return;
-    case Backend::kSimt:
-      kernels::simt::bank_ce_forward(q, bank, target, b, n, d, tau, lse, loss, nullptr);
-      return;
-    case Backend::kCuda:
-#if defined(MMFL_TEST_HAVE_CUDA)
-      kernels::cuda::bank_ce_forward(q, bank, target, b, n, d, tau, lse, loss, nullptr);
-      return;
-#endif
-    default:
-      MMFL_FAIL("backend ", backend_name(backend), " is not available");
-  }
+  ops::bank_ce_forward(backend, q, bank, target, b, n, d, tau, lse, loss);
 }
 
 void run_backward(Backend backend, const float* q, const float* bank, const int64_t* target,
                   int64_t b, int64_t n, int64_t d, const float* tau, const float* lse,
                   const float* grad_loss, float* grad_q, float* grad_bank) {
-  switch (backend) {
-    case Backend::kCpu:
-      kernels::cpu::bank_ce_backward(q, bank, target, b, n, d, tau, lse, grad_loss, grad_q,
-                                     grad_bank);
-      return;
-    case Backend::kSimt:
-      kernels::simt::bank_ce_backward(q, bank, target, b, n, d, tau, lse, grad_loss, grad_q,
-                                      grad_bank, nullptr);
-      return;
-    case Backend::kCuda:
-#if defined(MMFL_TEST_HAVE_CUDA)
-      kernels::cuda::bank_ce_backward(q, bank, target, b, n, d, tau, lse, grad_loss, grad_q,
-                                      grad_bank, nullptr);
-      return;
-#endif
-    default:
-      MMFL_FAIL("backend ", backend_name(backend), " is not available");
-  }
+  ops::bank_ce_backward(backend, q, bank, target, b, n, d, tau, lse, grad_loss, grad_q, grad_bank);
 }
 
 void run_ensemble(Backend backend, const float* local, const float* bank, int64_t k, int64_t n,
                   int64_t d, const float* tau, EnsembleWeighting weighting, float* weights,
                   float* out) {
-  switch (backend) {
-    case Backend::kCpu:
-      kernels::cpu::creamfl_ensemble(local, bank, k, n, d, tau, weighting, weights, out);
-      return;
-    case Backend::kSimt:
-      kernels::simt::creamfl_ensemble(local, bank, k, n, d, tau, weighting, weights, out, nullptr);
-      return;
-    case Backend::kCuda:
-#if defined(MMFL_TEST_HAVE_CUDA)
-      kernels::cuda::creamfl_ensemble(local, bank, k, n, d, tau, weighting, weights, out, nullptr);
-      return;
-#endif
-    default:
-      MMFL_FAIL("backend ", backend_name(backend), " is not available");
-  }
+  ops::creamfl_ensemble(backend, local, bank, k, n, d, tau, weighting, weights, out);
 }
 
 struct BankCeInputs {
@@ -369,9 +325,9 @@ BankCeOutputs check_backend(Backend backend, const BankCeInputs& in, int64_t off
     SCOPED_TRACE("against the naive double-precision computation");
     expect_matches(got, naive, naive);
   }
-  if (backend != Backend::kCpu) {
+  if (backend != Backend::kRef) {
     SCOPED_TRACE("against the CPU reference");
-    expect_matches(got, as_expected(run_backend(Backend::kCpu, in, 0)), naive);
+    expect_matches(got, as_expected(run_backend(Backend::kRef, in, 0)), naive);
   }
   return got;
 }
@@ -415,10 +371,10 @@ void check_ensemble(Backend backend, const std::vector<float>& local,
     SCOPED_TRACE("against the naive double-precision computation");
     expect_ensemble_matches(got, naive.weights, naive.out, naive, k);
   }
-  if (backend != Backend::kCpu) {
+  if (backend != Backend::kRef) {
     SCOPED_TRACE("against the CPU reference");
     const EnsembleOutputs cpu =
-        run_ensemble_backend(Backend::kCpu, local, bank, k, n, d, tau, weighting);
+        run_ensemble_backend(Backend::kRef, local, bank, k, n, d, tau, weighting);
     expect_ensemble_matches(got, {cpu.weights.begin(), cpu.weights.end()},
                             {cpu.out.begin(), cpu.out.end()}, naive, k);
   }
@@ -431,17 +387,17 @@ double sigma(double x) {
   return std::exp(x) / (1.0 + std::exp(x));
 }
 
-TEST(CpuBankCe, GoldenTwoBankRows) {
+TEST(RefBankCe, GoldenTwoBankRows) {
   // q = e0 against bank = I (2 x 2), tau = 1, target 0: logits (1, 0).
   const std::vector<float> q = {1, 0}, bank = {1, 0, 0, 1};
   const std::vector<int64_t> target = {0};
   const float tau = 1.0f, g = 1.0f;
   float lse = kNaN, loss = kNaN;
   std::vector<float> grad_q(2, kNaN), grad_bank(4, kNaN);
-  kernels::cpu::bank_ce_forward(q.data(), bank.data(), target.data(), 1, 2, 2, &tau, &lse, &loss);
+  kernels::ref::bank_ce_forward(q.data(), bank.data(), target.data(), 1, 2, 2, &tau, &lse, &loss);
   EXPECT_NEAR(lse, std::log(1.0 + std::exp(1.0)), 1e-6);  // log(e^1 + e^0)
   EXPECT_NEAR(loss, std::log(1.0 + std::exp(-1.0)), 1e-6);
-  kernels::cpu::bank_ce_backward(q.data(), bank.data(), target.data(), 1, 2, 2, &tau, &lse, &g,
+  kernels::ref::bank_ce_backward(q.data(), bank.data(), target.data(), 1, 2, 2, &tau, &lse, &g,
                                  grad_q.data(), grad_bank.data());
   // P = (s, 1 - s), s = sigma(1); dL/dlogits = (s - 1, 1 - s).
   // grad_q = (s - 1) e0 + (1 - s) e1; grad_bank[m] = dL/dlogit_m * q.
@@ -450,17 +406,17 @@ TEST(CpuBankCe, GoldenTwoBankRows) {
   EXPECT_TRUE(all_close(grad_bank, {s - 1, 0, 1 - s, 0}, {1e-6, 0}, "grad_bank"));
 }
 
-TEST(CpuBankCe, GoldenTemperatureAndTarget) {
+TEST(RefBankCe, GoldenTemperatureAndTarget) {
   // Same q and bank, tau = 0.5 (logits (2, 0)), target 1, grad_loss 2.
   const std::vector<float> q = {1, 0}, bank = {1, 0, 0, 1};
   const std::vector<int64_t> target = {1};
   const float tau = 0.5f, g = 2.0f;
   float lse = kNaN, loss = kNaN;
   std::vector<float> grad_q(2, kNaN), grad_bank(4, kNaN);
-  kernels::cpu::bank_ce_forward(q.data(), bank.data(), target.data(), 1, 2, 2, &tau, &lse, &loss);
+  kernels::ref::bank_ce_forward(q.data(), bank.data(), target.data(), 1, 2, 2, &tau, &lse, &loss);
   EXPECT_NEAR(lse, std::log(1.0 + std::exp(2.0)), 1e-6);
   EXPECT_NEAR(loss, std::log(1.0 + std::exp(2.0)), 1e-6);  // the target's logit is 0
-  kernels::cpu::bank_ce_backward(q.data(), bank.data(), target.data(), 1, 2, 2, &tau, &lse, &g,
+  kernels::ref::bank_ce_backward(q.data(), bank.data(), target.data(), 1, 2, 2, &tau, &lse, &g,
                                  grad_q.data(), grad_bank.data());
   // P = (s, 1 - s), s = sigma(2); dL/dlogits = 2 (s, -s); each gradient brings 1/tau = 2:
   // grad_q = 4 s (e0 - e1), grad_bank[0] = 4 s q, grad_bank[1] = -4 s q.
@@ -469,7 +425,7 @@ TEST(CpuBankCe, GoldenTemperatureAndTarget) {
   EXPECT_TRUE(all_close(grad_bank, {4 * s, 0, -4 * s, 0}, {1e-6, 0}, "grad_bank"));
 }
 
-TEST(CpuBankCe, GoldenEnsembleOfTwoClients) {
+TEST(RefBankCe, GoldenEnsembleOfTwoClients) {
   // bank = I (2 x 2), tau = 1. Client 0 holds the bank itself (local[0, j] = e_j), client 1 the
   // rows swapped (local[1, j] = e_(1-j)). For every sample the matched logit is 1 for client 0
   // and 0 for client 1, and both have the same log-sum-exp log(1 + e), so the scores differ by 1:
@@ -478,33 +434,33 @@ TEST(CpuBankCe, GoldenEnsembleOfTwoClients) {
   const std::vector<float> local = {1, 0, 0, 1, 0, 1, 1, 0};
   const float tau = 1.0f;
   std::vector<float> weights(4, kNaN), out(4, kNaN);
-  kernels::cpu::creamfl_ensemble(local.data(), bank.data(), 2, 2, 2, &tau,
+  kernels::ref::creamfl_ensemble(local.data(), bank.data(), 2, 2, 2, &tau,
                                  EnsembleWeighting::kContrastive, weights.data(), out.data());
   const double s = sigma(1.0);
   EXPECT_TRUE(all_close(weights, {s, s, 1 - s, 1 - s}, {1e-6, 0}, "weights"));
   // out[0] = s e0 + (1 - s) e1, out[1] = s e1 + (1 - s) e0.
   EXPECT_TRUE(all_close(out, {s, 1 - s, 1 - s, s}, {1e-6, 0}, "out"));
-  kernels::cpu::creamfl_ensemble(local.data(), bank.data(), 2, 2, 2, &tau, EnsembleWeighting::kMean,
+  kernels::ref::creamfl_ensemble(local.data(), bank.data(), 2, 2, 2, &tau, EnsembleWeighting::kMean,
                                  weights.data(), out.data());
   EXPECT_TRUE(all_equal(weights, {0.5f, 0.5f, 0.5f, 0.5f}, "mean weights"));
   EXPECT_TRUE(all_equal(out, {0.5f, 0.5f, 0.5f, 0.5f}, "mean out"));
 }
 
 // Central differences of sum_i g_i loss_i against the analytic gradients of the CPU reference.
-TEST(CpuBankCe, GradientsMatchFiniteDifferences) {
+TEST(RefBankCe, GradientsMatchFiniteDifferences) {
   const uint64_t seed = test_seed();
   SCOPED_TRACE(seed_trace(seed));
   std::mt19937_64 rng(seed);
   const int64_t b = 3, n = 5, d = 4;
   const BankCeInputs in = random_inputs(rng, b, n, d, 0.3f);
   std::vector<float> lse(b), loss(b), grad_q(b * d), grad_bank(n * d);
-  kernels::cpu::bank_ce_forward(in.q.data(), in.bank.data(), in.target.data(), b, n, d, &in.tau,
+  kernels::ref::bank_ce_forward(in.q.data(), in.bank.data(), in.target.data(), b, n, d, &in.tau,
                                 lse.data(), loss.data());
-  kernels::cpu::bank_ce_backward(in.q.data(), in.bank.data(), in.target.data(), b, n, d, &in.tau,
+  kernels::ref::bank_ce_backward(in.q.data(), in.bank.data(), in.target.data(), b, n, d, &in.tau,
                                  lse.data(), in.grad_loss.data(), grad_q.data(), grad_bank.data());
   auto objective = [&](const std::vector<float>& q, const std::vector<float>& bank) {
     std::vector<float> l(b), x(b);
-    kernels::cpu::bank_ce_forward(q.data(), bank.data(), in.target.data(), b, n, d, &in.tau,
+    kernels::ref::bank_ce_forward(q.data(), bank.data(), in.target.data(), b, n, d, &in.tau,
                                   x.data(), l.data());
     double total = 0;
     for (int64_t i = 0; i < b; ++i)
@@ -558,12 +514,13 @@ std::string size_param_name(const ::testing::TestParamInfo<std::tuple<Backend, i
          std::to_string(std::get<1>(param.param));
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Backends, BankCeSizeTest,
-    ::testing::Combine(::testing::Values(Backend::kCpu, Backend::kSimt, Backend::kCuda),
-                       ::testing::Values(int64_t{1}, int64_t{2}, int64_t{63}, int64_t{64},
-                                         int64_t{65}, int64_t{130})),
-    size_param_name);
+INSTANTIATE_TEST_SUITE_P(Backends, BankCeSizeTest,
+                         ::testing::Combine(::testing::Values(Backend::kRef, Backend::kCpu,
+                                                              Backend::kSimt, Backend::kCuda),
+                                            ::testing::Values(int64_t{1}, int64_t{2}, int64_t{63},
+                                                              int64_t{64}, int64_t{65},
+                                                              int64_t{130})),
+                         size_param_name);
 
 class BankCeTest : public ::testing::TestWithParam<Backend> {};
 
@@ -618,7 +575,7 @@ TEST_P(BankCeTest, TargetOutsideTheBank) {
     run_forward(backend, d_q.get(), d_bank.get(), d_target.get(), 3, 5, 4, d_tau.get(), d_lse.get(),
                 d_loss.get());
   };
-  if (backend == Backend::kCpu) {
+  if (backend == Backend::kRef || backend == Backend::kCpu) {
     expect_error_mentioning(forward, {"target[1] = 5", "[0, 5)"});
     return;
   }
@@ -661,7 +618,8 @@ TEST_P(BankCeTest, RejectsBadSizes) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, BankCeTest,
-                         ::testing::Values(Backend::kCpu, Backend::kSimt, Backend::kCuda),
+                         ::testing::Values(Backend::kRef, Backend::kCpu, Backend::kSimt,
+                                           Backend::kCuda),
                          backend_param_name);
 
 // ---- Every backend: the CreamFL ensemble --------------------------------------------------------
@@ -695,8 +653,8 @@ std::string ensemble_param_name(
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, EnsembleSizeTest,
-                         ::testing::Combine(::testing::Values(Backend::kCpu, Backend::kSimt,
-                                                              Backend::kCuda),
+                         ::testing::Combine(::testing::Values(Backend::kRef, Backend::kCpu,
+                                                              Backend::kSimt, Backend::kCuda),
                                             ::testing::Values(int64_t{1}, int64_t{2}, int64_t{5})),
                          ensemble_param_name);
 
@@ -790,7 +748,8 @@ TEST_P(EnsembleTest, StableForLargeLogits) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, EnsembleTest,
-                         ::testing::Values(Backend::kCpu, Backend::kSimt, Backend::kCuda),
+                         ::testing::Values(Backend::kRef, Backend::kCpu, Backend::kSimt,
+                                           Backend::kCuda),
                          backend_param_name);
 
 }  // namespace

@@ -16,6 +16,7 @@
 
 #include "backend.h"
 #include "mmfl/error.h"
+#include "ops.h"
 #include "test_util.h"
 
 namespace mmfl::test {
@@ -109,44 +110,14 @@ std::vector<float> unit_rows(std::mt19937_64& rng, int64_t n, int64_t d) {
 
 void run_forward(Backend backend, const float* img, const float* txt, int64_t n, int64_t d,
                  const float* tau, float* loss, float* lse_img, float* lse_txt) {
-  switch (backend) {
-    case Backend::kCpu:
-      kernels::cpu::infonce_forward(img, txt, n, d, tau, loss, lse_img, lse_txt);
-      return;
-    case Backend::kSimt:
-      kernels::simt::infonce_forward(img, txt, n, d, tau, loss, lse_img, lse_txt, nullptr);
-      return;
-    case Backend::kCuda:
-#if defined(MMFL_TEST_HAVE_CUDA)
-      kernels::cuda::infonce_forward(img, txt, n, d, tau, loss, lse_img, lse_txt, nullptr);
-      return;
-#endif
-    default:
-      MMFL_FAIL("backend ", backend_name(backend), " is not available");
-  }
+  ops::infonce_forward(backend, img, txt, n, d, tau, loss, lse_img, lse_txt);
 }
 
 void run_backward(Backend backend, const float* img, const float* txt, int64_t n, int64_t d,
                   const float* tau, const float* lse_img, const float* lse_txt,
                   const float* grad_loss, float* grad_img, float* grad_txt, float* grad_tau) {
-  switch (backend) {
-    case Backend::kCpu:
-      kernels::cpu::infonce_backward(img, txt, n, d, tau, lse_img, lse_txt, grad_loss, grad_img,
-                                     grad_txt, grad_tau);
-      return;
-    case Backend::kSimt:
-      kernels::simt::infonce_backward(img, txt, n, d, tau, lse_img, lse_txt, grad_loss, grad_img,
-                                      grad_txt, grad_tau, nullptr);
-      return;
-    case Backend::kCuda:
-#if defined(MMFL_TEST_HAVE_CUDA)
-      kernels::cuda::infonce_backward(img, txt, n, d, tau, lse_img, lse_txt, grad_loss, grad_img,
-                                      grad_txt, grad_tau, nullptr);
-      return;
-#endif
-    default:
-      MMFL_FAIL("backend ", backend_name(backend), " is not available");
-  }
+  ops::infonce_backward(backend, img, txt, n, d, tau, lse_img, lse_txt, grad_loss, grad_img,
+                        grad_txt, grad_tau);
 }
 
 struct InfonceOutputs {
@@ -231,19 +202,19 @@ void expect_matches(const InfonceOutputs& got, const InfonceExpected& want) {
 // sigma = e / (1 + e): the softmax weight of the larger of two logits that differ by 1.
 const double kSigma = std::exp(1.0) / (1.0 + std::exp(1.0));
 
-TEST(CpuInfonce, GoldenMatchedPairs) {
+TEST(RefInfonce, GoldenMatchedPairs) {
   // img = txt = I (2 x 2), tau = 1: S = I. Every row and column softmax is (sigma, 1 - sigma).
   const std::vector<float> img = {1, 0, 0, 1}, txt = {1, 0, 0, 1};
   const float tau = 1.0f, grad_loss = 1.0f;
   float loss = kNaN, grad_tau = kNaN;
   std::vector<float> lse_img(2, kNaN), lse_txt(2, kNaN), grad_img(4, kNaN), grad_txt(4, kNaN);
-  kernels::cpu::infonce_forward(img.data(), txt.data(), 2, 2, &tau, &loss, lse_img.data(),
+  kernels::ref::infonce_forward(img.data(), txt.data(), 2, 2, &tau, &loss, lse_img.data(),
                                 lse_txt.data());
   const double lse = std::log(1.0 + std::exp(1.0));  // log(e^1 + e^0)
   EXPECT_NEAR(lse_img[0], lse, 1e-6);
   EXPECT_NEAR(lse_txt[1], lse, 1e-6);
   EXPECT_NEAR(loss, lse - 1.0, 1e-6);  // CE of each row and column: lse - S_ii
-  kernels::cpu::infonce_backward(img.data(), txt.data(), 2, 2, &tau, lse_img.data(), lse_txt.data(),
+  kernels::ref::infonce_backward(img.data(), txt.data(), 2, 2, &tau, lse_img.data(), lse_txt.data(),
                                  &grad_loss, grad_img.data(), grad_txt.data(), &grad_tau);
   // dS_ii = 1/4 * (sigma + sigma - 2) = (sigma - 1)/2; dS_ij = 1/4 * 2(1 - sigma) = (1 - sigma)/2.
   // grad_img = dS txt = dS, grad_txt = dS^T img = dS, grad_tau = -(dS_00 + dS_11) = 1 - sigma.
@@ -254,16 +225,16 @@ TEST(CpuInfonce, GoldenMatchedPairs) {
   EXPECT_NEAR(grad_tau, 1 - kSigma, 1e-6);
 }
 
-TEST(CpuInfonce, GoldenSwappedPairs) {
+TEST(RefInfonce, GoldenSwappedPairs) {
   // txt swaps the two pairs: S = [[0, 1], [1, 0]] with tau = 1, and grad_loss = 2.
   const std::vector<float> img = {1, 0, 0, 1}, txt = {0, 1, 1, 0};
   const float tau = 1.0f, grad_loss = 2.0f;
   float loss = kNaN, grad_tau = kNaN;
   std::vector<float> lse_img(2, kNaN), lse_txt(2, kNaN), grad_img(4, kNaN), grad_txt(4, kNaN);
-  kernels::cpu::infonce_forward(img.data(), txt.data(), 2, 2, &tau, &loss, lse_img.data(),
+  kernels::ref::infonce_forward(img.data(), txt.data(), 2, 2, &tau, &loss, lse_img.data(),
                                 lse_txt.data());
   EXPECT_NEAR(loss, std::log(1.0 + std::exp(1.0)), 1e-6);  // every diagonal logit is 0
-  kernels::cpu::infonce_backward(img.data(), txt.data(), 2, 2, &tau, lse_img.data(), lse_txt.data(),
+  kernels::ref::infonce_backward(img.data(), txt.data(), 2, 2, &tau, lse_img.data(), lse_txt.data(),
                                  &grad_loss, grad_img.data(), grad_txt.data(), &grad_tau);
   // Softmaxes put 1 - sigma on the diagonal and sigma off it; g/(2n) = 1/2:
   // dS_ii = (2(1 - sigma) - 2)/2 = -sigma, dS_ij = sigma.
@@ -275,7 +246,7 @@ TEST(CpuInfonce, GoldenSwappedPairs) {
 }
 
 // Central differences of the CPU loss against its analytic gradient, for tau and a few features.
-TEST(CpuInfonce, GradientsMatchFiniteDifferences) {
+TEST(RefInfonce, GradientsMatchFiniteDifferences) {
   const uint64_t seed = test_seed();
   SCOPED_TRACE(seed_trace(seed));
   std::mt19937_64 rng(seed);
@@ -284,14 +255,14 @@ TEST(CpuInfonce, GradientsMatchFiniteDifferences) {
   const float tau = 0.3f, grad_loss = 1.0f;
   std::vector<float> lse_img(n), lse_txt(n), grad_img(n * d), grad_txt(n * d);
   float loss = 0, grad_tau = 0;
-  kernels::cpu::infonce_forward(img.data(), txt.data(), n, d, &tau, &loss, lse_img.data(),
+  kernels::ref::infonce_forward(img.data(), txt.data(), n, d, &tau, &loss, lse_img.data(),
                                 lse_txt.data());
-  kernels::cpu::infonce_backward(img.data(), txt.data(), n, d, &tau, lse_img.data(), lse_txt.data(),
+  kernels::ref::infonce_backward(img.data(), txt.data(), n, d, &tau, lse_img.data(), lse_txt.data(),
                                  &grad_loss, grad_img.data(), grad_txt.data(), &grad_tau);
   auto loss_at = [&](const std::vector<float>& i, const std::vector<float>& t, float tau_value) {
     std::vector<float> a(n), b(n);
     float l = 0;
-    kernels::cpu::infonce_forward(i.data(), t.data(), n, d, &tau_value, &l, a.data(), b.data());
+    kernels::ref::infonce_forward(i.data(), t.data(), n, d, &tau_value, &l, a.data(), b.data());
     return double(l);
   };
   // The loss comes back as fp32 (~1e-7 relative); h = 1e-3 keeps truncation (h^2) and rounding
@@ -314,12 +285,12 @@ TEST(CpuInfonce, GradientsMatchFiniteDifferences) {
   }
 }
 
-TEST(CpuInfonce, RejectsBadTau) {
+TEST(RefInfonce, RejectsBadTau) {
   const std::vector<float> f = {1, 2};
   float loss, lse[1];
   for (float tau : {0.0f, -1.0f, std::numeric_limits<float>::infinity()}) {
     expect_error_mentioning(
-        [&] { kernels::cpu::infonce_forward(f.data(), f.data(), 1, 2, &tau, &loss, lse, lse); },
+        [&] { kernels::ref::infonce_forward(f.data(), f.data(), 1, 2, &tau, &loss, lse, lse); },
         {"tau"});
   }
 }
@@ -346,11 +317,11 @@ TEST_P(InfonceSizeTest, MatchesNaiveDouble) {
     SCOPED_TRACE("against the naive double-precision computation");
     expect_matches(got, naive);
   }
-  if (backend != Backend::kCpu) {
+  if (backend != Backend::kRef) {
     // The CUDA code against the CPU reference (the kernels' oracle), same tolerances.
     SCOPED_TRACE("against the CPU reference");
     expect_matches(
-        got, as_expected(run_backend(Backend::kCpu, img, txt, n, d, tau, grad_loss, 0), naive));
+        got, as_expected(run_backend(Backend::kRef, img, txt, n, d, tau, grad_loss, 0), naive));
   }
 }
 
@@ -361,14 +332,15 @@ std::string size_param_name(
 }
 
 // n: 1, 2, primes, and around the 64-row tile; d: 1, odd, the 32-wide slice, beyond it.
-INSTANTIATE_TEST_SUITE_P(
-    Backends, InfonceSizeTest,
-    ::testing::Combine(::testing::Values(Backend::kCpu, Backend::kSimt, Backend::kCuda),
-                       ::testing::Values(int64_t{1}, int64_t{2}, int64_t{7}, int64_t{63},
-                                         int64_t{64}, int64_t{65}, int64_t{131}),
-                       ::testing::Values(int64_t{1}, int64_t{3}, int64_t{32}, int64_t{67},
-                                         int64_t{128})),
-    size_param_name);
+INSTANTIATE_TEST_SUITE_P(Backends, InfonceSizeTest,
+                         ::testing::Combine(::testing::Values(Backend::kRef, Backend::kCpu,
+                                                              Backend::kSimt, Backend::kCuda),
+                                            ::testing::Values(int64_t{1}, int64_t{2}, int64_t{7},
+                                                              int64_t{63}, int64_t{64}, int64_t{65},
+                                                              int64_t{131}),
+                                            ::testing::Values(int64_t{1}, int64_t{3}, int64_t{32},
+                                                              int64_t{67}, int64_t{128})),
+                         size_param_name);
 
 class InfonceTest : public ::testing::TestWithParam<Backend> {};
 
@@ -422,7 +394,8 @@ TEST_P(InfonceTest, RejectsBadSizes) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, InfonceTest,
-                         ::testing::Values(Backend::kCpu, Backend::kSimt, Backend::kCuda),
+                         ::testing::Values(Backend::kRef, Backend::kCpu, Backend::kSimt,
+                                           Backend::kCuda),
                          backend_param_name);
 
 }  // namespace

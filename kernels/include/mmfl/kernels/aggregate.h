@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "mmfl/kernels/common.h"
+#include "mmfl/kernels/cpu.h"
 
 namespace mmfl::kernels {
 
@@ -13,7 +14,7 @@ namespace mmfl::kernels {
 // to ~1e-16 relative; kFloat32 is faster on GPUs with slow fp64.
 enum class Accumulator { kFloat32, kFloat64 };
 
-namespace cpu {
+namespace ref {
 
 // out[j] = sum_k weights[k] * updates[k * n + j]   (FedAvg's reduction)
 void weighted_sum(const float* updates,  // [num_clients, n] row-major, contiguous
@@ -34,45 +35,36 @@ int64_t weighted_sum_finite(const float* updates,  // [num_clients, n] row-major
                             uint8_t* bad,  // [num_clients]
                             Accumulator acc);
 
+}  // namespace ref
+
+namespace cpu {
+
+// The fast path: as namespace ref, in fp32 tiles with vectorized loops, on the threads of
+// ctx.parallel_for; bit-identical for any number of threads.
+
+// out[j] = sum_k weights[k] * updates[k * n + j]   (FedAvg's reduction)
+void weighted_sum(const float* updates,  // [num_clients, n] row-major, contiguous
+                  const float* weights,  // [num_clients]
+                  int64_t num_clients, int64_t n,
+                  float* out,  // [n]
+                  Accumulator acc, const Context& ctx = {});
+
+// Like weighted_sum, but clients whose update holds a NaN or +-Inf are skipped: bad[k] = 1 for
+// them (0 otherwise), and the weights of the remaining clients are rescaled so that they sum to
+// the sum of all weights (so normalized FedAvg weights stay normalized). If the remaining weights
+// sum to 0 they are not rescaled. If every client is skipped, out is filled with 0. Returns the
+// number of clients skipped.
+int64_t weighted_sum_finite(const float* updates,  // [num_clients, n] row-major, contiguous
+                            const float* weights,  // [num_clients]
+                            int64_t num_clients, int64_t n,
+                            float* out,    // [n]
+                            uint8_t* bad,  // [num_clients]
+                            Accumulator acc, const Context& ctx = {});
+
 }  // namespace cpu
 
 namespace cuda {
-
-// As cpu::weighted_sum; every pointer is device memory. Asynchronous on `stream`.
-void weighted_sum(const float* updates,  // [num_clients, n] row-major, contiguous, device
-                  const float* weights,  // [num_clients] device
-                  int64_t num_clients, int64_t n,
-                  float* out,  // [n] device
-                  Accumulator acc, cudaStream_t stream);
-
-// As cpu::weighted_sum_finite, without a host sync: bad[] is written on the device and the
-// rescaling is computed there (the number skipped is sum(bad)).
-void weighted_sum_finite(const float* updates,  // [num_clients, n] row-major, contiguous, device
-                         const float* weights,  // [num_clients] device
-                         int64_t num_clients, int64_t n,
-                         float* out,    // [n] device
-                         uint8_t* bad,  // [num_clients] device
-                         Accumulator acc, cudaStream_t stream);
-
+#include "mmfl/kernels/device/aggregate.inc"
 }  // namespace cuda
-
-// The CUDA code of namespace cuda, built for the SIMT emulator (tests only): same contract, with
-// "device" memory from the emulator (mmfl::simt::device_alloc or the emulated cudaMalloc).
-namespace simt {
-
-void weighted_sum(const float* updates,  // [num_clients, n] row-major, contiguous, device
-                  const float* weights,  // [num_clients] device
-                  int64_t num_clients, int64_t n,
-                  float* out,  // [n] device
-                  Accumulator acc, cudaStream_t stream);
-
-void weighted_sum_finite(const float* updates,  // [num_clients, n] row-major, contiguous, device
-                         const float* weights,  // [num_clients] device
-                         int64_t num_clients, int64_t n,
-                         float* out,    // [n] device
-                         uint8_t* bad,  // [num_clients] device
-                         Accumulator acc, cudaStream_t stream);
-
-}  // namespace simt
 
 }  // namespace mmfl::kernels

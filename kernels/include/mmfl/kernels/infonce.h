@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "mmfl/kernels/common.h"
+#include "mmfl/kernels/cpu.h"
 
 namespace mmfl::kernels {
 
@@ -18,7 +19,7 @@ namespace mmfl::kernels {
 //   tau
 // Requirements: n >= 1, d >= 1, tau > 0 (checked on the CPU path; the device paths read tau on
 // the device and cannot check it without a sync).
-namespace cpu {
+namespace ref {
 
 void infonce_forward(const float* img,  // [n, d] row-major
                      const float* txt,  // [n, d] row-major
@@ -39,59 +40,40 @@ void infonce_backward(const float* img,  // [n, d] row-major
                       float* grad_txt,         // [n, d]
                       float* grad_tau);        // [1]
 
+}  // namespace ref
+
+namespace cpu {
+
+// The fast path: as namespace ref, in fp32 tiles with vectorized loops, on the threads of
+// ctx.parallel_for; bit-identical for any number of threads.
+
+void infonce_forward(const float* img,  // [n, d] row-major
+                     const float* txt,  // [n, d] row-major
+                     int64_t n, int64_t d,
+                     const float* tau,  // [1]
+                     float* loss,       // [1]
+                     float* lse_img,    // [n]
+                     float* lse_txt,    // [n]
+                     const Context& ctx = {});
+
+void infonce_backward(const float* img,  // [n, d] row-major
+                      const float* txt,  // [n, d] row-major
+                      int64_t n, int64_t d,
+                      const float* tau,        // [1]
+                      const float* lse_img,    // [n] from infonce_forward
+                      const float* lse_txt,    // [n] from infonce_forward
+                      const float* grad_loss,  // [1]
+                      float* grad_img,         // [n, d]
+                      float* grad_txt,         // [n, d]
+                      float* grad_tau,         // [1]
+                      const Context& ctx = {});
+
 }  // namespace cpu
 
 // Device versions: every pointer is device memory (tau, loss, grad_loss included, so nothing
 // syncs with the host); asynchronous on `stream`; deterministic (no atomics).
 namespace cuda {
-
-void infonce_forward(const float* img,  // [n, d] row-major, device
-                     const float* txt,  // [n, d] row-major, device
-                     int64_t n, int64_t d,
-                     const float* tau,  // [1] device
-                     float* loss,       // [1] device
-                     float* lse_img,    // [n] device
-                     float* lse_txt,    // [n] device
-                     cudaStream_t stream);
-
-void infonce_backward(const float* img,  // [n, d] row-major, device
-                      const float* txt,  // [n, d] row-major, device
-                      int64_t n, int64_t d,
-                      const float* tau,        // [1] device
-                      const float* lse_img,    // [n] device
-                      const float* lse_txt,    // [n] device
-                      const float* grad_loss,  // [1] device
-                      float* grad_img,         // [n, d] device
-                      float* grad_txt,         // [n, d] device
-                      float* grad_tau,         // [1] device
-                      cudaStream_t stream);
-
+#include "mmfl/kernels/device/infonce.inc"
 }  // namespace cuda
-
-// The CUDA code built for the SIMT emulator (tests only); same contract as namespace cuda.
-namespace simt {
-
-void infonce_forward(const float* img,  // [n, d] row-major, device
-                     const float* txt,  // [n, d] row-major, device
-                     int64_t n, int64_t d,
-                     const float* tau,  // [1] device
-                     float* loss,       // [1] device
-                     float* lse_img,    // [n] device
-                     float* lse_txt,    // [n] device
-                     cudaStream_t stream);
-
-void infonce_backward(const float* img,  // [n, d] row-major, device
-                      const float* txt,  // [n, d] row-major, device
-                      int64_t n, int64_t d,
-                      const float* tau,        // [1] device
-                      const float* lse_img,    // [n] device
-                      const float* lse_txt,    // [n] device
-                      const float* grad_loss,  // [1] device
-                      float* grad_img,         // [n, d] device
-                      float* grad_txt,         // [n, d] device
-                      float* grad_tau,         // [1] device
-                      cudaStream_t stream);
-
-}  // namespace simt
 
 }  // namespace mmfl::kernels

@@ -10,8 +10,10 @@
 #if !defined(MMFL_SIMT_SHIM_INCLUDED)
 #error "MMFL_SIMT builds must force-include mmfl/simt/shim.h (see kernels/CMakeLists.txt)"
 #endif
-// Launchers of the emulated build live here, so one binary can link all backends.
+// Launchers of the emulated build live here, so one binary can link all backends; their
+// declarations come from the same .inc files as namespace cuda's.
 #define MMFL_KERNEL_NS simt
+#include "mmfl/simt/kernels.h"
 #elif defined(__CUDACC__)
 #define MMFL_KERNEL_NS cuda
 #else

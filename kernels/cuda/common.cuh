@@ -1,6 +1,9 @@
-// Deterministic warp and block reductions shared by the kernels of kernels/cuda: a fixed
-// butterfly inside warps and a fixed order across warps, so a result does not depend on timing.
+// What the kernels of kernels/cuda share: deterministic warp and block reductions (a fixed
+// butterfly inside warps and a fixed order across warps, so a result does not depend on timing),
+// and the choice between float4 and scalar global loads.
 #pragma once
+
+#include <cstdint>
 
 #include "mmfl/kernels/launch.h"
 
@@ -30,6 +33,16 @@ __device__ T block_sum(T v) {
   for (unsigned w = 0; w < blockDim.x / 32; ++w)
     total += warp_totals[w];
   return total;
+}
+
+// float4 global loads need rows whose length is a multiple of 4 and 16-byte aligned bases (every
+// row start is then aligned); otherwise one float per load.
+enum class Access : int { kVector4, kScalar };
+
+inline Access choose_access(const float* a, const float* b, int64_t row_length) {
+  const bool aligned =
+      reinterpret_cast<uintptr_t>(a) % 16 == 0 && reinterpret_cast<uintptr_t>(b) % 16 == 0;
+  return aligned && row_length % 4 == 0 ? Access::kVector4 : Access::kScalar;
 }
 
 }  // namespace mmfl::kernels::MMFL_KERNEL_NS::detail

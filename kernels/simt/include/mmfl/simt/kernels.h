@@ -1,0 +1,14 @@
+// The kernels of kernels/cuda built for the SIMT emulator (test support only): namespace
+// mmfl::kernels::simt has the device API of namespace cuda, declared from the same .inc files, with
+// "device" memory from the emulator (mmfl::simt::device_alloc or the emulated cudaMalloc).
+#pragma once
+
+#include "mmfl/kernels/aggregate.h"
+#include "mmfl/kernels/bank_ce.h"
+#include "mmfl/kernels/infonce.h"
+
+namespace mmfl::kernels::simt {
+#include "mmfl/kernels/device/aggregate.inc"
+#include "mmfl/kernels/device/bank_ce.inc"
+#include "mmfl/kernels/device/infonce.inc"
+}  // namespace mmfl::kernels::simt

@@ -1,0 +1,231 @@
+// One registry of op cases, run over every backend (as ggml's test-backend-ops does): a case makes
+// fresh random inputs, runs the op on a backend and names its outputs with their error bounds;
+// the single test body below compares every backend with the reference. Adding an op adds cases
+// here, not a test per backend. The per-op files hold what a registry cannot say: golden values,
+// finite differences, properties, error messages, misaligned and split layouts.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend.h"
+#include "ops.h"
+#include "test_util.h"
+
+namespace mmfl::test {
+namespace {
+
+using kernels::Accumulator;
+using kernels::EnsembleWeighting;
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+// One output of a run and its bound against the reference: |x - ref| <= atol + rtol |ref| with
+// atol = scale_atol * max(max |ref|, floor) (floor: the size of the terms a cancelling sum adds).
+struct Output {
+  std::string name;
+  std::vector<float> values;
+  double rtol = 0, scale_atol = 0, floor = 0;
+};
+
+// A case with its inputs drawn: run(backend) gives the outputs, the same for every backend.
+using CaseRun = std::function<std::vector<Output>(Backend)>;
+
+struct OpCase {
+  std::string name;
+  std::function<CaseRun(std::mt19937_64&)> make;
+};
+
+std::vector<float> unit_rows(std::mt19937_64& rng, int64_t rows, int64_t d) {
+  std::vector<float> v = random_normal(rng, rows * d, 1.0f);
+  for (int64_t i = 0; i < rows; ++i) {
+    double norm = 0;
+    for (int64_t x = 0; x < d; ++x)
+      norm += double(v[i * d + x]) * v[i * d + x];
+    norm = std::sqrt(std::max(norm, 1e-30));
+    for (int64_t x = 0; x < d; ++x)
+      v[i * d + x] = float(v[i * d + x] / norm);
+  }
+  return v;
+}
+
+// fp32 bounds shared by the GEMM-shaped ops: log-sum-exps and losses to 2e-5 of their scale,
+// gradients to 1e-4 of the terms they add up (logits up to 1 / tau = 10).
+OpCase infonce_case(int64_t n, int64_t d) {
+  return {"infonce_n" + std::to_string(n) + "_d" + std::to_string(d), [=](std::mt19937_64& rng) {
+            const auto img = unit_rows(rng, n, d), txt = unit_rows(rng, n, d);
+            const float tau = std::uniform_real_distribution<float>(0.1f, 1.0f)(rng);
+            const float g = 1.5f;
+            return CaseRun([=](Backend be) {
+              DeviceBuffer<float> d_img(be, img), d_txt(be, txt), d_tau(be, std::vector{tau}),
+                  d_g(be, std::vector{g});
+              DeviceBuffer<float> loss(be, 1), li(be, n), lt(be, n), gi(be, n * d), gt(be, n * d),
+                  gtau(be, 1);
+              for (auto* b : {&loss, &li, &lt, &gi, &gt, &gtau})
+                b->fill(kNaN);
+              ops::infonce_forward(be, d_img.get(), d_txt.get(), n, d, d_tau.get(), loss.get(),
+                                   li.get(), lt.get());
+              ops::infonce_backward(be, d_img.get(), d_txt.get(), n, d, d_tau.get(), li.get(),
+                                    lt.get(), d_g.get(), gi.get(), gt.get(), gtau.get());
+              const double terms = g / (double(n) * tau);
+              return std::vector<Output>{{"loss", loss.download(), 2e-5, 2e-5, 1},
+                                         {"lse_img", li.download(), 2e-5, 2e-5, 1},
+                                         {"lse_txt", lt.download(), 2e-5, 2e-5, 1},
+                                         {"grad_img", gi.download(), 1e-4, 1e-4, terms},
+                                         {"grad_txt", gt.download(), 1e-4, 1e-4, terms},
+                                         {"grad_tau", gtau.download(), 1e-4, 1e-4, terms / tau}};
+            });
+          }};
+}
+
+OpCase bank_ce_case(int64_t b, int64_t n, int64_t d) {
+  return {"bank_ce_b" + std::to_string(b) + "_n" + std::to_string(n) + "_d" + std::to_string(d),
+          [=](std::mt19937_64& rng) {
+            const auto q = unit_rows(rng, b, d), bank = unit_rows(rng, n, d);
+            std::vector<int64_t> target(b);
+            for (int64_t& t : target)
+              t = std::uniform_int_distribution<int64_t>(0, n - 1)(rng);
+            const auto g = random_normal(rng, b, 1.0f);
+            const float tau = std::uniform_real_distribution<float>(0.1f, 1.0f)(rng);
+            return CaseRun([=](Backend be) {
+              DeviceBuffer<float> d_q(be, q), d_bank(be, bank), d_tau(be, std::vector{tau}),
+                  d_g(be, g);
+              DeviceBuffer<int64_t> d_t(be, target);
+              DeviceBuffer<float> lse(be, b), loss(be, b), gq(be, b * d), gb(be, n * d);
+              for (auto* x : {&lse, &loss, &gq, &gb})
+                x->fill(kNaN);
+              ops::bank_ce_forward(be, d_q.get(), d_bank.get(), d_t.get(), b, n, d, d_tau.get(),
+                                   lse.get(), loss.get());
+              ops::bank_ce_backward(be, d_q.get(), d_bank.get(), d_t.get(), b, n, d, d_tau.get(),
+                                    lse.get(), d_g.get(), gq.get(), gb.get());
+              double gmax = 0;
+              for (float x : g)
+                gmax = std::max(gmax, double(std::fabs(x)));
+              const double terms = gmax / tau;
+              return std::vector<Output>{{"lse", lse.download(), 2e-5, 2e-5, 1},
+                                         {"loss", loss.download(), 2e-5, 2e-5, 1},
+                                         {"grad_q", gq.download(), 1e-4, 1e-4, terms},
+                                         {"grad_bank", gb.download(), 1e-4, 1e-4, terms}};
+            });
+          }};
+}
+
+OpCase ensemble_case(int64_t k, int64_t n, int64_t d, EnsembleWeighting w) {
+  return {"ensemble_" + std::string(w == EnsembleWeighting::kMean ? "mean" : "contrastive") + "_k" +
+              std::to_string(k) + "_n" + std::to_string(n) + "_d" + std::to_string(d),
+          [=](std::mt19937_64& rng) {
+            const auto local = unit_rows(rng, k * n, d), bank = unit_rows(rng, n, d);
+            const float tau = std::uniform_real_distribution<float>(0.1f, 1.0f)(rng);
+            return CaseRun([=](Backend be) {
+              DeviceBuffer<float> d_local(be, local), d_bank(be, bank), d_tau(be, std::vector{tau});
+              DeviceBuffer<float> weights(be, k * n), out(be, n * d);
+              weights.fill(kNaN);
+              out.fill(kNaN);
+              ops::creamfl_ensemble(be, d_local.get(), d_bank.get(), k, n, d, d_tau.get(), w,
+                                    weights.get(), out.get());
+              // Weights are softmaxes of fp32 score differences.
+              return std::vector<Output>{{"weights", weights.download(), 1e-4, 2e-5, 1},
+                                         {"out", out.download(), 1e-4, 1e-4, 1}};
+            });
+          }};
+}
+
+// Small integers and power-of-two weights: every sum exact, so the bound is 0 whatever the order.
+OpCase aggregate_case(int64_t clients, int64_t n, Accumulator acc, bool with_nan) {
+  return {std::string(with_nan ? "aggregate_finite_" : "aggregate_") +
+              (acc == Accumulator::kFloat32 ? "f32" : "f64") + "_k" + std::to_string(clients) +
+              "_n" + std::to_string(n),
+          [=](std::mt19937_64& rng) {
+            auto updates = random_small_ints(rng, clients * n, -8, 8);
+            std::vector<float> weights(clients);
+            for (float& x : weights)
+              x = std::ldexp(float(std::uniform_int_distribution<int>(-4, 4)(rng)), -3);
+            if (with_nan && n > 0) updates[(clients / 2) * n + (n - 1)] = kNaN;
+            return CaseRun([=](Backend be) {
+              DeviceBuffer<float> d_u(be, updates), d_w(be, weights), out(be, n);
+              out.fill(kNaN);
+              if (!with_nan) {
+                ops::weighted_sum(be, d_u.get(), d_w.get(), clients, n, out.get(), acc);
+                return std::vector<Output>{{"out", out.download(), 0, 0, 0}};
+              }
+              DeviceBuffer<uint8_t> bad(be, clients);
+              bad.fill(0xab);
+              ops::weighted_sum_finite(be, d_u.get(), d_w.get(), clients, n, out.get(), bad.get(),
+                                       acc);
+              std::vector<float> flags;
+              for (uint8_t x : bad.download())
+                flags.push_back(float(x));
+              return std::vector<Output>{{"out", out.download(), 0, 0, 0}, {"bad", flags, 0, 0, 0}};
+            });
+          }};
+}
+
+// Sizes: 1, primes, non-multiples of every backend's tiles (the CUDA code's 64, the CPU path's
+// 128 and 256), banks split into chunks and across blocks.
+const std::vector<OpCase>& registry() {
+  static const std::vector<OpCase> cases = [] {
+    std::vector<OpCase> c;
+    for (auto [n, d] :
+         std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {7, 3}, {131, 67}, {257, 32}})
+      c.push_back(infonce_case(n, d));
+    for (auto [b, n, d] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+             {1, 1, 1}, {65, 131, 32}, {3, 2053, 19}, {257, 300, 8}})
+      c.push_back(bank_ce_case(b, n, d));
+    for (auto w : {EnsembleWeighting::kContrastive, EnsembleWeighting::kMean})
+      for (auto [k, n, d] :
+           std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1, 1, 1}, {3, 131, 17}})
+        c.push_back(ensemble_case(k, n, d, w));
+    for (auto acc : {Accumulator::kFloat32, Accumulator::kFloat64})
+      for (bool nan : {false, true})
+        for (auto [k, n] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {7, 70001}})
+          c.push_back(aggregate_case(k, n, acc, nan));
+    return c;
+  }();
+  return cases;
+}
+
+double max_abs(const std::vector<float>& v) {
+  double m = 0;
+  for (float x : v)
+    m = std::max(m, double(std::fabs(x)));
+  return m;
+}
+
+class OpRegistry : public ::testing::TestWithParam<std::tuple<Backend, size_t>> {};
+
+TEST_P(OpRegistry, MatchesReference) {
+  const auto [backend, index] = GetParam();
+  MMFL_SKIP_IF_UNAVAILABLE(backend);
+  const uint64_t seed = test_seed();
+  SCOPED_TRACE(seed_trace(seed));
+  std::mt19937_64 rng(seed);
+  const CaseRun run = registry()[index].make(rng);
+  const std::vector<Output> want = run(Backend::kRef), got = run(backend);
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t o = 0; o < want.size(); ++o) {
+    const Output& w = want[o];
+    const double atol = w.scale_atol * std::max(max_abs(w.values), w.floor);
+    std::vector<double> expected(w.values.begin(), w.values.end());
+    EXPECT_TRUE(all_close(got[o].values, expected, Tolerance{atol, w.rtol}, w.name));
+  }
+}
+
+std::string registry_name(const ::testing::TestParamInfo<std::tuple<Backend, size_t>>& info) {
+  return std::string(backend_name(std::get<0>(info.param))) + "_" +
+         registry()[std::get<1>(info.param)].name;
+}
+
+// The reference runs too (against itself: it checks that every case runs and fills its outputs).
+INSTANTIATE_TEST_SUITE_P(Backends, OpRegistry,
+                         ::testing::Combine(::testing::Values(Backend::kRef, Backend::kCpu,
+                                                              Backend::kSimt, Backend::kCuda),
+                                            ::testing::Range(size_t{0}, registry().size())),
+                         registry_name);
+
+}  // namespace
+}  // namespace mmfl::test

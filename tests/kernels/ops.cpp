@@ -1,0 +1,88 @@
+// The backend switch of every op (see ops.h).
+#include "ops.h"
+
+#include "mmfl/error.h"
+#include "mmfl/simt/kernels.h"
+
+namespace mmfl::test::ops {
+
+#if defined(MMFL_TEST_HAVE_CUDA)
+#define MMFL_TEST_CUDA_CASE(fn, ...) \
+  case Backend::kCuda:               \
+    return kernels::cuda::fn(__VA_ARGS__, nullptr);
+#else
+#define MMFL_TEST_CUDA_CASE(fn, ...)
+#endif
+
+// One switch for a void op: the host backends take the arguments (cpu adds its context), the
+// device backends add the stream.
+#define MMFL_TEST_DISPATCH(backend, fn, ...)                             \
+  switch (backend) {                                                     \
+    case Backend::kRef:                                                  \
+      return kernels::ref::fn(__VA_ARGS__);                              \
+    case Backend::kCpu:                                                  \
+      return kernels::cpu::fn(__VA_ARGS__, cpu_test_context());          \
+    case Backend::kSimt:                                                 \
+      return kernels::simt::fn(__VA_ARGS__, nullptr);                    \
+      MMFL_TEST_CUDA_CASE(fn, __VA_ARGS__)                               \
+    default:                                                             \
+      MMFL_FAIL("backend ", backend_name(backend), " is not available"); \
+  }
+
+void infonce_forward(Backend backend, const float* img, const float* txt, int64_t n, int64_t d,
+                     const float* tau, float* loss, float* lse_img, float* lse_txt) {
+  MMFL_TEST_DISPATCH(backend, infonce_forward, img, txt, n, d, tau, loss, lse_img, lse_txt)
+}
+
+void infonce_backward(Backend backend, const float* img, const float* txt, int64_t n, int64_t d,
+                      const float* tau, const float* lse_img, const float* lse_txt,
+                      const float* grad_loss, float* grad_img, float* grad_txt, float* grad_tau) {
+  MMFL_TEST_DISPATCH(backend, infonce_backward, img, txt, n, d, tau, lse_img, lse_txt, grad_loss,
+                     grad_img, grad_txt, grad_tau)
+}
+
+void bank_ce_forward(Backend backend, const float* q, const float* bank, const int64_t* target,
+                     int64_t b, int64_t n, int64_t d, const float* tau, float* lse, float* loss) {
+  MMFL_TEST_DISPATCH(backend, bank_ce_forward, q, bank, target, b, n, d, tau, lse, loss)
+}
+
+void bank_ce_backward(Backend backend, const float* q, const float* bank, const int64_t* target,
+                      int64_t b, int64_t n, int64_t d, const float* tau, const float* lse,
+                      const float* grad_loss, float* grad_q, float* grad_bank) {
+  MMFL_TEST_DISPATCH(backend, bank_ce_backward, q, bank, target, b, n, d, tau, lse, grad_loss,
+                     grad_q, grad_bank)
+}
+
+void creamfl_ensemble(Backend backend, const float* local, const float* bank, int64_t k, int64_t n,
+                      int64_t d, const float* tau, kernels::EnsembleWeighting weighting,
+                      float* weights, float* out) {
+  MMFL_TEST_DISPATCH(backend, creamfl_ensemble, local, bank, k, n, d, tau, weighting, weights, out)
+}
+
+void weighted_sum(Backend backend, const float* updates, const float* weights, int64_t clients,
+                  int64_t n, float* out, kernels::Accumulator acc){
+    MMFL_TEST_DISPATCH(backend, weighted_sum, updates, weights, clients, n, out, acc)}
+
+int64_t weighted_sum_finite(Backend backend, const float* updates, const float* weights,
+                            int64_t clients, int64_t n, float* out, uint8_t* bad,
+                            kernels::Accumulator acc) {
+  switch (backend) {
+    case Backend::kRef:
+      return kernels::ref::weighted_sum_finite(updates, weights, clients, n, out, bad, acc);
+    case Backend::kCpu:
+      return kernels::cpu::weighted_sum_finite(updates, weights, clients, n, out, bad, acc,
+                                               cpu_test_context());
+    case Backend::kSimt:
+      kernels::simt::weighted_sum_finite(updates, weights, clients, n, out, bad, acc, nullptr);
+      return -1;
+    case Backend::kCuda:
+#if defined(MMFL_TEST_HAVE_CUDA)
+      kernels::cuda::weighted_sum_finite(updates, weights, clients, n, out, bad, acc, nullptr);
+      return -1;
+#endif
+    default:
+      MMFL_FAIL("backend ", backend_name(backend), " is not available");
+  }
+}
+
+}  // namespace mmfl::test::ops
