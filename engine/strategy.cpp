@@ -40,34 +40,30 @@ int64_t average_tower(const std::vector<Update>& updates, const std::string& gro
   return int64_t(rows.size()) - r.skipped;
 }
 
-// FedAvg's local task: every client starts from the global towers of the modalities it holds
-// and sends them back trained.
-class FedAvgTask : public LocalTask {
- public:
-  FedAvgTask(const Config& cfg, const GlobalModel& global)
-      : cfg_(cfg), image_(global.image->flat()), text_(global.text->flat()) {}
-
-  ClientArch arch(ClientKind) const override { return {cfg_.model.image, cfg_.model.text}; }
-
-  std::unique_ptr<ClientJob> job(const ClientSpec& spec) override {
-    auto j = std::make_unique<Job>();
-    if (holds_image(spec.kind)) j->image = j->down.dense["image"] = image_;
-    if (holds_text(spec.kind)) j->text = j->down.dense["text"] = text_;
-    return j;
-  }
-
- private:
-  struct Job : ClientJob {
-    void finish(ClientView& model, Update& u) override {
-      if (image.defined()) u.up.dense["image"] = model.flat(Modality::kImage);
-      if (text.defined()) u.up.dense["text"] = model.flat(Modality::kText);
-    }
-  };
-  const Config& cfg_;
-  torch::Tensor image_, text_;  // the global towers, flattened once per round
-};
-
 }  // namespace
+
+FedAvgTask::FedAvgTask(const Config& cfg, const GlobalModel& global)
+    : cfg_(cfg), image_(global.image->flat()), text_(global.text->flat()) {}
+
+ClientArch FedAvgTask::arch(ClientKind) const {
+  return {cfg_.model.image, cfg_.model.text};
+}
+
+namespace {
+struct FedAvgJob : ClientJob {
+  void finish(ClientView& model, Update& u) override {
+    if (image.defined()) u.up.dense["image"] = model.flat(Modality::kImage);
+    if (text.defined()) u.up.dense["text"] = model.flat(Modality::kText);
+  }
+};
+}  // namespace
+
+std::unique_ptr<ClientJob> FedAvgTask::job(const ClientSpec& spec) {
+  auto j = std::make_unique<FedAvgJob>();
+  if (holds_image(spec.kind)) j->image = j->down.dense["image"] = image_;
+  if (holds_text(spec.kind)) j->text = j->down.dense["text"] = text_;
+  return j;
+}
 
 RoundStats round_stats(const std::vector<Update>& updates) {
   RoundStats s;

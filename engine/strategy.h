@@ -54,6 +54,19 @@ class FedAvg {
   static AggregateReport aggregate(const std::vector<Update>& updates, GlobalModel& global);
 };
 
+// FedAvg's local task: every client starts from the global towers of the modalities it holds
+// (flattened once per round) and sends them back trained as dense groups "image" and "text".
+class FedAvgTask : public LocalTask {
+ public:
+  FedAvgTask(const Config& cfg, const GlobalModel& global);
+  ClientArch arch(ClientKind kind) const override;
+  std::unique_ptr<ClientJob> job(const ClientSpec& spec) override;
+
+ private:
+  const Config& cfg_;
+  torch::Tensor image_, text_;
+};
+
 // Accounting common to every strategy: clients, mean loss and bytes from the updates.
 RoundStats round_stats(const std::vector<Update>& updates);
 

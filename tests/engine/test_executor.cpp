@@ -17,31 +17,6 @@
 namespace mmfl::engine {
 namespace {
 
-// Every client starts from the same seeded towers and sends them back trained (FedAvg's task,
-// with the starting weights fixed by the test).
-class SendWeights : public LocalTask {
- public:
-  SendWeights(const Config& cfg, const GlobalModel& start)
-      : cfg_(cfg), image_(start.image->flat()), text_(start.text->flat()) {}
-  ClientArch arch(ClientKind) const override { return {cfg_.model.image, cfg_.model.text}; }
-  std::unique_ptr<ClientJob> job(const ClientSpec& spec) override {
-    auto j = std::make_unique<Job>();
-    if (holds_image(spec.kind)) j->image = j->down.dense["image"] = image_;
-    if (holds_text(spec.kind)) j->text = j->down.dense["text"] = text_;
-    return j;
-  }
-
- private:
-  struct Job : ClientJob {
-    void finish(ClientView& m, Update& u) override {
-      if (image.defined()) u.up.dense["image"] = m.flat(Modality::kImage);
-      if (text.defined()) u.up.dense["text"] = m.flat(Modality::kText);
-    }
-  };
-  const Config& cfg_;
-  torch::Tensor image_, text_;
-};
-
 // `image`: "kind,width,depth" of the image encoder.
 Config tiny(const std::string& image, const std::vector<std::string>& extra = {}) {
   const std::string yaml = R"(
@@ -89,7 +64,7 @@ std::vector<Update> train_with(Config cfg, ExecutorKind kind, const Cohort& c, i
   GlobalModel start{
       make_image_tower(cfg.model.image, 28, 28, 10),
       make_text_tower(cfg.model.text, c.data.tokenizer->size(), cfg.data.max_tokens, 10)};
-  SendWeights task(cfg, start);
+  FedAvgTask task(cfg, start);  // every client starts from `start`
   const int before = at::get_num_threads();
   at::set_num_threads(threads);
   auto ex = make_executor(cfg, c.data);
