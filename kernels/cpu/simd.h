@@ -11,8 +11,9 @@
 
 // Hot loops are compiled three times and chosen at load time (GCC function multiversioning), so
 // the build needs no -march flag: x86-64-v4 (AVX-512), x86-64-v3 (AVX2 + FMA), the x86-64
-// baseline. Elsewhere the one generic build is used.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// baseline. Elsewhere, and in sanitizer builds (MMFL_CPU_NO_CLONES, kernels/CMakeLists.txt), the
+// one generic build is used.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(MMFL_CPU_NO_CLONES)
 #define MMFL_CPU_CLONES \
   __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
