@@ -3,8 +3,12 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <future>
+#include <memory>
 #include <sstream>
+#include <thread>
 
 #include "mmfl/error.h"
 #include "modalities/file_io.h"
@@ -137,7 +141,10 @@ void apply_override(YAML::Node& root, const std::string& assignment) {
              "'; give a value (for example --set ", path, "=...) or drop the --set");
   YAML::Node parsed;
   try {
-    parsed = YAML::Load(value);
+    const auto docs = load_yaml_all(value, "--set '" + assignment + "'");
+    MMFL_CHECK(docs.size() <= 1, "--set '", assignment, "': the value holds ", docs.size(),
+               " YAML documents");
+    if (!docs.empty()) parsed = docs[0];
   } catch (const YAML::Exception& e) {
     MMFL_FAIL("--set '", assignment, "': cannot parse the value: ", e.msg);
   }
@@ -439,10 +446,29 @@ void check_duplicate_keys(const YAML::Node& node, const std::string& path) {
 
 }  // namespace
 
+std::vector<YAML::Node> load_yaml_all(const std::string& text, const std::string& what,
+                                      double deadline_s) {
+#ifdef MMFL_YAML_INLINE
+  // The fuzzer parses inline, so that a parser that loops is its timeout, on the input that did it.
+  (void)what, (void)deadline_s;
+  return YAML::LoadAll(text);
+#endif
+  auto task = std::make_shared<std::packaged_task<std::vector<YAML::Node>()>>(
+      [text] { return YAML::LoadAll(text); });
+  auto result = task->get_future();
+  std::thread([task] { (*task)(); }).detach();
+  MMFL_CHECK(
+      result.wait_for(std::chrono::duration<double>(deadline_s)) == std::future_status::ready, what,
+      ": the YAML parser did not finish within ", deadline_s,
+      " s: yaml-cpp 0.7 loops forever on some malformed YAML, such as a ',' before a "
+      "closing '}' or ']' outside a '{...}' or '[...]'; check the syntax there");
+  return result.get();
+}
+
 Config parse_config_text(const std::string& yaml, const std::vector<std::string>& overrides) {
   std::vector<YAML::Node> docs;
   try {
-    docs = YAML::LoadAll(yaml);
+    docs = load_yaml_all(yaml, "config");
   } catch (const YAML::Exception& e) {
     MMFL_FAIL("config: YAML syntax error at line ", e.mark.line + 1, ", column ", e.mark.column + 1,
               ": ", e.msg);

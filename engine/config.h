@@ -130,6 +130,14 @@ struct Config {
 };
 
 // Parses `path`, applying `overrides` ("a.b.c=value", YAML scalars) first.
+// YAML::LoadAll with a deadline. Debian 12's yaml-cpp 0.7 never returns on some malformed input
+// (a ',' before a closing '}' or ']' outside a flow collection; fuzz/findings/config-yaml-cpp-hang)
+// and allocates about 400 MB/s while it loops. The parse runs on a helper thread; past
+// `deadline_s` this throws an Error naming `what` and leaves that thread behind (the CLI exits
+// right after). YAML syntax errors propagate as YAML::Exception.
+std::vector<YAML::Node> load_yaml_all(const std::string& text, const std::string& what,
+                                      double deadline_s = 1.0);
+
 Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
 Config parse_config(const YAML::Node& root, const std::string& origin);
 Config parse_config_text(const std::string& yaml, const std::vector<std::string>& overrides = {});

@@ -1,5 +1,7 @@
 #include "engine/report.h"
 
+#include "engine/config.h"
+
 #include <sys/wait.h>
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
@@ -195,7 +197,10 @@ RunSet collect_runs(const std::vector<std::string>& dirs) {
     RunRecord r;
     r.dir = d.string();
     try {
-      flatten(YAML::Load(read_text(d / "config.yaml")), "", r.config);
+      const auto docs = load_yaml_all(read_text(d / "config.yaml"), (d / "config.yaml").string());
+      MMFL_CHECK(docs.size() == 1, "'", (d / "config.yaml").string(),
+                 "': expected one YAML document, found ", docs.size());
+      flatten(docs[0], "", r.config);
     } catch (const YAML::Exception& e) {
       MMFL_FAIL("'", (d / "config.yaml").string(), "': YAML syntax error at line ", e.mark.line + 1,
                 ": ", e.msg);
