@@ -409,10 +409,13 @@ Config parse_config(const YAML::Node& root, const std::string& origin) {
       joined += (joined.empty() ? "" : ",") + t;
     joined = s.get<std::string>("targets", joined);
     l.targets.clear();
-    std::stringstream ss(joined);
-    for (std::string t; std::getline(ss, t, ',');) {
+    for (size_t start = 0;;) {  // every piece, empty ones too ("query," is an error)
+      const size_t comma = std::min(joined.find(',', start), joined.size());
+      const std::string t = joined.substr(start, comma - start);
       const auto b = t.find_first_not_of(" \t"), e = t.find_last_not_of(" \t");
       l.targets.push_back(b == std::string::npos ? "" : t.substr(b, e - b + 1));
+      if (comma == joined.size()) break;
+      start = comma + 1;
     }
     l.seed = c.seed;
     s.finish();
