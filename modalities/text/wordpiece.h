@@ -2,7 +2,11 @@
 // (clean control characters, space out CJK ideographs, strip accents, lowercase, split on
 // whitespace and punctuation) and greedy longest-match WordPiece over the model's vocab.txt, with
 // [CLS] ... [SEP] around each text. It follows the Hugging Face fast tokenizer (BertNormalizer,
-// BertPreTokenizer, WordPiece), the one sentence-transformers loads, step for step.
+// BertPreTokenizer, WordPiece), the one sentence-transformers loads, step for step. Known
+// departures: the Unicode tables are Python's (Unicode 14; the reference's Rust crates may be
+// older, which matters only for recently assigned characters), and NFD's canonical reordering
+// of combining marks is not done (the nonspacing ones are dropped anyway; it could matter only
+// for spacing marks with a nonzero combining class, which BERT's vocabulary does not hold).
 #pragma once
 
 #include <cstdint>
