@@ -6,7 +6,7 @@
 // departures: the Unicode tables are Python's (Unicode 14; the reference's Rust crates may be
 // older, which matters only for recently assigned characters), and NFD's canonical reordering
 // of combining marks is not done (the nonspacing ones are dropped anyway; it could matter only
-// for spacing marks with a nonzero combining class, which BERT's vocabulary does not hold).
+// for a spacing mark with a nonzero combining class next to another mark: rare, untested).
 #pragma once
 
 #include <cstdint>
