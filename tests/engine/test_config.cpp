@@ -29,6 +29,43 @@ TEST(Config, DefaultsResolveAndRoundTrip) {
   EXPECT_EQ(again.resolved_yaml, c.resolved_yaml);
 }
 
+TEST(Config, LoraSectionAndPretrainedPath) {
+  auto c = parse_config_text("name: t\n");
+  EXPECT_EQ(c.lora.rank, 8);
+  EXPECT_EQ(c.lora.alpha, 16.0);
+  EXPECT_EQ(c.lora.dropout, 0.0);
+  EXPECT_EQ(c.lora.targets, (std::vector<std::string>{"query", "value"}));
+  EXPECT_EQ(c.model.pretrained_text_path, "");
+  c = parse_config_text(
+      "name: t\nmodel:\n  pretrained_text_path: /opt/minilm\nlora:\n  rank: 4\n  alpha: 8\n"
+      "  dropout: 0.1\n  targets: \"*.query, key ,self.value\"\n");
+  EXPECT_EQ(c.model.pretrained_text_path, "/opt/minilm");
+  EXPECT_EQ(c.lora.rank, 4);
+  EXPECT_EQ(c.lora.targets, (std::vector<std::string>{"*.query", "key", "self.value"}));
+  EXPECT_EQ(parse_config_text(c.resolved_yaml).resolved_yaml, c.resolved_yaml);
+  c = parse_config_text("name: t\n", {"lora.targets=all-linear", "lora.rank=16"});
+  EXPECT_EQ(c.lora.targets, (std::vector<std::string>{"all-linear"}));
+  EXPECT_EQ(c.lora.rank, 16);
+
+  auto msg = error_of("lora:\n  rank: 0\n");
+  EXPECT_NE(msg.find("config key 'lora.rank' = 0 is out of range [1, 4096]"), std::string::npos)
+      << msg;
+  msg = error_of("lora:\n  dropout: 1\n");
+  EXPECT_NE(msg.find("config key 'lora.dropout' = 1 is out of range"), std::string::npos) << msg;
+  msg = error_of("lora:\n  targets: \"query,\"\n");
+  EXPECT_NE(msg.find("config key 'lora.targets' has an empty entry"), std::string::npos) << msg;
+  msg = error_of("lora:\n  targets: \"all-linear,query\"\n");
+  EXPECT_NE(msg.find("all-linear takes every linear layer and goes alone"), std::string::npos)
+      << msg;
+  msg = error_of("lora:\n  targets: \"q/k\"\n");
+  EXPECT_NE(msg.find("'lora.targets' entry 'q/k'"), std::string::npos) << msg;
+  msg = error_of("lora:\n  rnk: 2\n");
+  EXPECT_NE(msg.find("unknown config key 'lora.rnk'; allowed keys in 'lora': rank, alpha, "
+                     "dropout, targets"),
+            std::string::npos)
+      << msg;
+}
+
 TEST(Config, UnknownKeyNamesKeyAndAllowed) {
   const auto msg = error_of("train:\n  lrr: 0.1\n");
   EXPECT_NE(msg.find("unknown config key 'train.lrr'"), std::string::npos) << msg;

@@ -1,0 +1,170 @@
+#include "fusion/lora/lora.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/nn/functional/dropout.h>
+#include <torch/nn/functional/linear.h>
+#include <torch/nn/init.h>
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+
+#include "mmfl/error.h"
+
+namespace mmfl::fusion {
+
+namespace F = torch::nn::functional;
+
+namespace {
+
+// '*' matches any run of characters, dots included.
+bool glob(const char* p, const char* s) {
+  if (*p == '\0') return *s == '\0';
+  if (*p == '*') {
+    for (const char* t = s;; ++t) {
+      if (glob(p + 1, t)) return true;
+      if (*t == '\0') return false;
+    }
+  }
+  return *s != '\0' && *p == *s && glob(p + 1, s + 1);
+}
+
+uint64_t mix(uint64_t x) {  // splitmix64's finalizer
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+}  // namespace
+
+LoraLinearImpl::LoraLinearImpl(int64_t in, int64_t out, bool with_bias)
+    : in_features(in), out_features(out) {
+  MMFL_CHECK(in >= 1 && out >= 1, "LoraLinear: sizes must be positive, got in ", in, ", out ", out);
+  weight = register_parameter("weight", torch::empty({out, in}));
+  // nn.Linear's initialization, for layers that are not loaded from a checkpoint.
+  torch::nn::init::kaiming_uniform_(weight, std::sqrt(5.0));
+  if (with_bias) {
+    const double bound = 1.0 / std::sqrt(double(in));
+    bias = register_parameter("bias", torch::empty({out}).uniform_(-bound, bound));
+  }
+}
+
+torch::Tensor LoraLinearImpl::forward(const torch::Tensor& x) {
+  auto y = F::linear(x, weight, bias);
+  if (!has_adapter()) return y;
+  const auto xd =
+      dropout > 0 ? F::dropout(x, F::DropoutFuncOptions().p(dropout).training(is_training())) : x;
+  return y + scale * F::linear(F::linear(xd, lora_A), lora_B);
+}
+
+void LoraLinearImpl::add_adapter(int64_t rank, double alpha, double p, uint64_t seed) {
+  MMFL_CHECK(!has_adapter(), "LoraLinear: the layer has an adapter already");
+  MMFL_CHECK(rank >= 1 && rank <= std::min(in_features, out_features), "lora.rank = ", rank,
+             " is out of range [1, ", std::min(in_features, out_features), "] for a ", in_features,
+             " -> ", out_features, " layer");
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  const double bound = 1.0 / std::sqrt(double(in_features));
+  auto a = torch::empty({rank, in_features}, torch::kFloat32);
+  a.uniform_(-bound, bound, gen);
+  const auto opts = weight.options().requires_grad(false);
+  lora_A = register_parameter("lora_A", a.to(opts.device()));
+  lora_B = register_parameter("lora_B", torch::zeros({out_features, rank}, opts));
+  scale = alpha / double(rank);
+  dropout = p;
+}
+
+torch::Tensor LoraLinearImpl::merged_weight() const {
+  torch::NoGradGuard no_grad;
+  if (!has_adapter()) return weight.clone();
+  return weight + scale * torch::mm(lora_B, lora_A);
+}
+
+void LoraLinearImpl::merge() {
+  if (!has_adapter()) return;
+  torch::NoGradGuard no_grad;
+  weight.add_(torch::mm(lora_B, lora_A), scale);
+  lora_B.zero_();
+}
+
+void validate_lora_options(const LoraOptions& o, const std::string& k) {
+  MMFL_CHECK(o.rank >= 1 && o.rank <= 4096, "config key '", k, "rank' = ", o.rank,
+             " is out of range [1, 4096]");
+  MMFL_CHECK(std::isfinite(o.alpha) && o.alpha > 0, "config key '", k, "alpha' = ", o.alpha,
+             " must be a positive number");
+  MMFL_CHECK(o.dropout >= 0 && o.dropout < 1, "config key '", k, "dropout' = ", o.dropout,
+             " is out of range [0, 1)");
+  MMFL_CHECK(!o.targets.empty(), "config key '", k,
+             "targets' is empty; give layer names (query, value), globs (*.query) or all-linear");
+  for (const auto& t : o.targets) {
+    MMFL_CHECK(!t.empty(), "config key '", k, "targets' has an empty entry");
+    MMFL_CHECK(t != "all-linear" || o.targets.size() == 1, "config key '", k,
+               "targets': all-linear takes every linear layer and goes alone");
+    for (char c : t)
+      MMFL_CHECK(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.' || c == '*' ||
+                     c == '-',
+                 "config key '", k, "targets' entry '", t,
+                 "' may hold only letters, digits, '_', '-', '.' and '*'");
+  }
+}
+
+bool lora_target_matches(const std::string& name, const std::string& pattern) {
+  if (pattern == "all-linear") return true;
+  if (pattern.find('*') != std::string::npos) return glob(pattern.c_str(), name.c_str());
+  return name == pattern ||
+         (name.size() > pattern.size() &&
+          name.compare(name.size() - pattern.size(), pattern.size(), pattern) == 0 &&
+          name[name.size() - pattern.size() - 1] == '.');
+}
+
+std::vector<std::string> apply_lora(torch::nn::Module& root, const LoraOptions& o) {
+  validate_lora_options(o);
+  std::vector<std::pair<std::string, std::shared_ptr<LoraLinearImpl>>> linears;
+  for (const auto& item : root.named_modules("", /*include_self=*/false))
+    if (auto l = std::dynamic_pointer_cast<LoraLinearImpl>(item.value()))
+      linears.emplace_back(item.key(), l);
+  MMFL_CHECK(!linears.empty(), "lora: the model has no linear layer that can take an adapter");
+  std::vector<bool> chosen(linears.size(), false);
+  for (const auto& pattern : o.targets) {
+    bool any = false;
+    for (size_t i = 0; i < linears.size(); ++i)
+      if (lora_target_matches(linears[i].first, pattern)) chosen[i] = any = true;
+    if (!any) {
+      std::string names;
+      for (size_t i = 0; i < linears.size() && i < 8; ++i)
+        names += (i ? ", " : "") + linears[i].first;
+      MMFL_FAIL("config key 'lora.targets': '", pattern,
+                "' matches no linear layer; the model has ", linears.size(), " (", names,
+                linears.size() > 8 ? ", ..." : "",
+                "); use a layer name (query), a glob (*.attention.*) or all-linear");
+    }
+  }
+  for (auto& p : root.parameters())
+    p.set_requires_grad(false);
+  std::vector<std::string> out;
+  for (size_t i = 0; i < linears.size(); ++i) {
+    if (!chosen[i]) continue;
+    linears[i].second->add_adapter(o.rank, o.alpha, o.dropout, mix(o.seed ^ mix(i)));
+    linears[i].second->lora_A.set_requires_grad(true);
+    linears[i].second->lora_B.set_requires_grad(true);
+    out.push_back(linears[i].first);
+  }
+  return out;
+}
+
+std::vector<torch::Tensor> lora_parameters(torch::nn::Module& root) {
+  std::vector<torch::Tensor> out;
+  for (const auto& m : root.modules(/*include_self=*/true))
+    if (auto l = std::dynamic_pointer_cast<LoraLinearImpl>(m); l && l->has_adapter()) {
+      out.push_back(l->lora_A);
+      out.push_back(l->lora_B);
+    }
+  return out;
+}
+
+void merge_lora(torch::nn::Module& root) {
+  for (const auto& m : root.modules(/*include_self=*/true))
+    if (auto l = std::dynamic_pointer_cast<LoraLinearImpl>(m)) l->merge();
+}
+
+}  // namespace mmfl::fusion
