@@ -117,17 +117,27 @@ BUNDLE_MAX  := 67108864
 gpu-bundle: build
 	@grep -q '^CMAKE_CUDA_COMPILER:' $(BUILD)/CMakeCache.txt && grep -q 'CMAKE_CUDA_ARCHITECTURES:.*90a' $(BUILD)/CMakeCache.txt || \
 	  { echo "mmfl: $(BUILD) was configured without CUDA for sm_90a (nvcc not found?): no GPU bundle"; exit 2; }
-	rm -rf $(BUNDLE) && mkdir -p $(BUNDLE)/bin $(BUNDLE)/lib $(BUNDLE)/bench/gpu
+	rm -rf $(BUNDLE) && mkdir -p $(BUNDLE)/bin $(BUNDLE)/lib/gcc $(BUNDLE)/lib/fallback $(BUNDLE)/bench/gpu
 	for b in $(BUNDLE_BINS); do strip --strip-debug -o $(BUNDLE)/bin/$$(basename $$b) $(BUILD)/$$b; done
-	@# Shared libraries other than glibc's, LibTorch's and the nvidia wheels' (those the GPU machine has).
+	@# Shared libraries other than glibc's, LibTorch's and the nvidia wheels' (those the GPU machine
+	@# has). gpu_check.sh puts lib/ first on LD_LIBRARY_PATH; lib/fallback/ (the CUDA runtime) after
+	@# the torch wheel's nvidia/*/lib, so torch's own copy wins; lib/gcc/ (libstdc++, libgcc_s: they
+	@# need a newer glibc than the binaries) only when the machine's libstdc++ is too old for them.
 	for b in $(BUNDLE)/bin/*; do ldd $$b; done | awk '/=> \// {print $$3}' | sort -u | \
 	  grep -v -E '/(libc|libm|libdl|libpthread|librt|libutil|ld-linux[^/]*)\.so|/torch/lib/|/nvidia/' | \
-	  while read -r lib; do cp -L $$lib $(BUNDLE)/lib/; done
+	  while read -r lib; do case $$(basename $$lib) in \
+	    libstdc++.so*|libgcc_s.so*) cp -L $$lib $(BUNDLE)/lib/gcc/ ;; \
+	    libcudart.so*) cp -L $$lib $(BUNDLE)/lib/fallback/ ;; \
+	    *) cp -L $$lib $(BUNDLE)/lib/ ;; esac; done
 	cp bench/gpu/gpu_check.sh $(BUNDLE)/bench/gpu/ && cp bench/gpu/bundle.mk $(BUNDLE)/Makefile
 	{ echo "mmfl GPU bundle"; echo "commit: $$(git rev-parse HEAD)$$(git diff --quiet || echo ' (with uncommitted changes)')"; \
 	  echo "built: $$(date -u +%FT%TZ) on $$(hostname)"; \
 	  echo "cuda archs: $$(sed -n 's/^CMAKE_CUDA_ARCHITECTURES:[A-Z]*=//p' $(BUILD)/CMakeCache.txt)"; \
-	  echo "nvcc: $$(nvcc --version | tail -1)"; echo "libs: $$(ls $(BUNDLE)/lib | tr '\n' ' ')"; } > $(BUNDLE)/MANIFEST
+	  echo "nvcc: $$(nvcc --version | tail -1)"; \
+	  echo "libs: $$(cd $(BUNDLE)/lib && find . -type f | sort | tr '\n' ' ')"; \
+	  echo "glibc: >= $$(objdump -T $(BUNDLE)/bin/* 2>/dev/null | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1) (>= $$(objdump -T $(BUNDLE)/lib/gcc/* 2>/dev/null | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1) with lib/gcc)"; \
+	  echo "libstdc++: GLIBCXX >= $$(objdump -T $(BUNDLE)/bin/* 2>/dev/null | grep -o 'GLIBCXX_[0-9][0-9.]*' | sed 's/GLIBCXX_//' | sort -uV | tail -1)"; \
+	} > $(BUNDLE)/MANIFEST
 	@size=$$(du -sb $(BUNDLE) | cut -f1); \
 	if [ $$size -gt $(BUNDLE_MAX) ]; then echo "mmfl: $(BUNDLE) is $$size bytes, over 64 MiB"; exit 2; fi; \
 	echo "mmfl: $(BUNDLE) ready, $$size bytes ($$((size / 1048576)) MiB); on the GPU machine: make gpu-check OUT=DIR"

@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "mmfl/error.h"
+#include "mmfl/kernels/common.h"
 #include "mmfl/kernels/launch.h"
 
 namespace mmfl::kernels::MMFL_KERNEL_NS::detail {
@@ -43,6 +45,19 @@ inline Access choose_access(const float* a, const float* b, int64_t row_length) 
   const bool aligned =
       reinterpret_cast<uintptr_t>(a) % 16 == 0 && reinterpret_cast<uintptr_t>(b) % 16 == 0;
   return aligned && row_length % 4 == 0 ? Access::kVector4 : Access::kScalar;
+}
+
+// Launchers validate the precision once on the host; kernels then branch on a uniform value.
+inline void check_precision(const char* fn, Precision precision) {
+  switch (precision) {
+    case Precision::kFp32:
+    case Precision::kTf32:
+    case Precision::kBf16:
+      return;
+    default:
+      MMFL_FAIL(fn, ": unknown Precision ", static_cast<int>(precision),
+                " (expected kFp32, kTf32 or kBf16)");
+  }
 }
 
 }  // namespace mmfl::kernels::MMFL_KERNEL_NS::detail

@@ -30,13 +30,13 @@ __global__ void __launch_bounds__(bank::kThreads)
                    int64_t cols, int64_t d,
                    const float* __restrict__ tau,  // [1]
                    float* __restrict__ lse,        // [rows]
-                   Access load) {
+                   Access load, Precision precision) {
   __shared__ bank::RowLseSmem smem;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTileRows;
   bank::RunningLse run;
   float unused;
-  bank::row_lse_pass(q, rows, g, 0, cols, d, row0, 1.0f / *tau, load, bank::NoTarget{}, smem, run,
-                     unused);
+  bank::row_lse_pass(q, rows, g, 0, cols, d, row0, 1.0f / *tau, load, precision, bank::NoTarget{},
+                     smem, run, unused);
   const int64_t row = row0 + threadIdx.x;
   if (threadIdx.x < kTileRows && row < rows) lse[row] = run.max + logf(run.sum);
 }
@@ -123,13 +123,13 @@ __global__ void __launch_bounds__(bank::kThreads)
                         const float* __restrict__ lse_g,      // [n]
                         const float* __restrict__ grad_loss,  // [1]
                         float* __restrict__ grad_q,           // [n, d]
-                        Access load, AccumSpace space) {
+                        Access load, Precision precision, AccumSpace space) {
   __shared__ bank::GradSmem smem;
   MMFL_DYNAMIC_SHARED(float, shared_accum);  // [64, d] when space == kShared
   const InfonceDs ds{lse_q, lse_g, *grad_loss / (2.0f * static_cast<float>(n))};
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTileRows;
-  bank::grad_rows_pass(q, n, g, 0, n, d, row0, 1.0f / *tau, ds, load, space, smem, shared_accum,
-                       grad_q + row0 * d);
+  bank::grad_rows_pass(q, n, g, 0, n, d, row0, 1.0f / *tau, ds, load, precision, space, smem,
+                       shared_accum, grad_q + row0 * d);
 }
 
 void check_args(const char* fn, const float* img, const float* txt, int64_t n, int64_t d,
@@ -148,16 +148,18 @@ unsigned row_blocks(int64_t n) {
 }  // namespace
 
 void infonce_forward(const float* img, const float* txt, int64_t n, int64_t d, const float* tau,
-                     float* loss, float* lse_img, float* lse_txt, cudaStream_t stream) {
+                     float* loss, float* lse_img, float* lse_txt, Precision precision,
+                     cudaStream_t stream) {
   check_args("infonce_forward", img, txt, n, d, tau);
+  detail::check_precision("infonce_forward", precision);
   MMFL_CHECK(loss != nullptr && lse_img != nullptr && lse_txt != nullptr,
              "infonce_forward: loss, lse_img and lse_txt must not be null");
   const Access load = detail::choose_access(img, txt, d);
   MMFL_LAUNCH(row_lse_kernel, row_blocks(n), bank::kThreads, 0, stream)
-  (img, n, txt, n, d, tau, lse_img, load);
+  (img, n, txt, n, d, tau, lse_img, load, precision);
   MMFL_CHECK_LAUNCH(row_lse_kernel);
   MMFL_LAUNCH(row_lse_kernel, row_blocks(n), bank::kThreads, 0, stream)
-  (txt, n, img, n, d, tau, lse_txt, load);
+  (txt, n, img, n, d, tau, lse_txt, load, precision);
   MMFL_CHECK_LAUNCH(row_lse_kernel);
   MMFL_LAUNCH(infonce_loss_kernel, 1, kReduceThreads, 0, stream)
   (img, txt, n, d, tau, lse_img, lse_txt, loss);
@@ -166,8 +168,10 @@ void infonce_forward(const float* img, const float* txt, int64_t n, int64_t d, c
 
 void infonce_backward(const float* img, const float* txt, int64_t n, int64_t d, const float* tau,
                       const float* lse_img, const float* lse_txt, const float* grad_loss,
-                      float* grad_img, float* grad_txt, float* grad_tau, cudaStream_t stream) {
+                      float* grad_img, float* grad_txt, float* grad_tau, Precision precision,
+                      cudaStream_t stream) {
   check_args("infonce_backward", img, txt, n, d, tau);
+  detail::check_precision("infonce_backward", precision);
   MMFL_CHECK(lse_img != nullptr && lse_txt != nullptr && grad_loss != nullptr,
              "infonce_backward: lse_img, lse_txt and grad_loss must not be null");
   MMFL_CHECK(grad_img != nullptr && grad_txt != nullptr && grad_tau != nullptr,
@@ -180,10 +184,10 @@ void infonce_backward(const float* img, const float* txt, int64_t n, int64_t d, 
                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(bank::kMaxSharedAccumBytes)));
   MMFL_LAUNCH(infonce_grad_kernel, row_blocks(n), bank::kThreads, smem, stream)
-  (img, txt, n, d, tau, lse_img, lse_txt, grad_loss, grad_img, load, space);
+  (img, txt, n, d, tau, lse_img, lse_txt, grad_loss, grad_img, load, precision, space);
   MMFL_CHECK_LAUNCH(infonce_grad_kernel);
   MMFL_LAUNCH(infonce_grad_kernel, row_blocks(n), bank::kThreads, smem, stream)
-  (txt, img, n, d, tau, lse_txt, lse_img, grad_loss, grad_txt, load, space);
+  (txt, img, n, d, tau, lse_txt, lse_img, grad_loss, grad_txt, load, precision, space);
   MMFL_CHECK_LAUNCH(infonce_grad_kernel);
   MMFL_LAUNCH(infonce_grad_tau_kernel, 1, kReduceThreads, 0, stream)
   (img, grad_img, n, d, tau, grad_tau);
