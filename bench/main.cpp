@@ -17,10 +17,12 @@
 #include "fusion/creamfl.h"
 #include "fusion/ops/cpu_context.h"
 #include "mmfl/error.h"
+#include "mmfl/host_malloc.h"
 #include "mmfl/kernels/aggregate.h"
 #include "mmfl/kernels/bank_ce.h"
 #include "mmfl/kernels/cpu.h"
 #include "mmfl/kernels/infonce.h"
+#include "modalities/image/pool.h"
 
 #ifdef MMFL_HAVE_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -142,6 +144,40 @@ void bench_cpu(const Options& o, Report& rep) {
         r.ceiling_name = "host memcpy";
         rep.add(r);
       }
+    }
+  }
+  if (selected(o, "pool")) {
+    // The small CNN's ReLU + 2x2 max-pool (modalities/image/pool.h), forward and backward, at the
+    // cross-device benchmark's step (batch 10) and at an evaluation batch.
+    const double bw = host_copy_bandwidth();
+    for (auto shape : o.quick ? std::vector<std::vector<int64_t>>{{10, 32, 28, 28}}
+                              : std::vector<std::vector<int64_t>>{
+                                    {10, 32, 28, 28}, {10, 64, 14, 14}, {1000, 32, 28, 28}}) {
+      const auto x = torch::randn(shape);
+      const auto g = torch::randn({shape[0], shape[1], shape[2] / 2, shape[3] / 2});
+      Row r;
+      r.op = "relu_max_pool2_fwd_bwd";
+      r.backend = "cpu";
+      r.shape = "N=" + std::to_string(shape[0]) + " C=" + std::to_string(shape[1]) +
+                " H=W=" + std::to_string(shape[2]);
+      r.kernel = time_cpu(
+          [&] {
+            auto a = x.detach().requires_grad_();
+            modalities::relu_max_pool2(a).backward(g);
+          },
+          3, 50, 3.0);
+      r.baseline = time_cpu(
+          [&] {
+            auto a = x.detach().requires_grad_();
+            torch::max_pool2d(torch::relu(a), 2).backward(g);
+          },
+          3, 50, 3.0);
+      // Forward reads x, writes y and the positions; backward reads g and the positions, writes
+      // dx.
+      r.bytes = double(x.numel()) * 4 * 2 + double(g.numel()) * (4 + 1) * 2;
+      r.ceiling = bw;
+      r.ceiling_name = "host memcpy";
+      rep.add(r);
     }
   }
   if (selected(o, "infonce")) {
@@ -607,6 +643,7 @@ int main_impl(int argc, char** argv) {
 }  // namespace mmfl::bench
 
 int main(int argc, char** argv) {
+  mmfl::keep_freed_host_memory();
   try {
     return mmfl::bench::main_impl(argc, argv);
   } catch (const mmfl::Error& e) {

@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "mmfl/error.h"
+#include "modalities/image/pool.h"
 #include "modalities/text/tokenizer.h"
 
 namespace mmfl::engine {
@@ -75,8 +76,7 @@ class StackedTower {
           const auto& bias = params_[size_t(2 * i + 1)];
           y = torch::conv2d(y, w.reshape({c * w.size(1), w.size(2), w.size(3), w.size(4)}),
                             bias.reshape({-1}), 1, 1, 1, c);
-          y = torch::relu(y);
-          if (pool_[size_t(i)]) y = torch::max_pool2d(y, 2);
+          y = pool_[size_t(i)] ? modalities::relu_max_pool2(y) : torch::relu(y);
         }
         // Per client (channel, h, w) order, as nn::Flatten gives.
         y = y.reshape({b, c, -1}).transpose(0, 1);

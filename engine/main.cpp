@@ -18,6 +18,7 @@
 #include "engine/run.h"
 #include "engine/sweep.h"
 #include "mmfl/error.h"
+#include "mmfl/host_malloc.h"
 
 namespace {
 
@@ -194,6 +195,7 @@ int run_cli(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  mmfl::keep_freed_host_memory();
   try {
     return run_cli(argc, argv);
   } catch (const mmfl::Error& e) {

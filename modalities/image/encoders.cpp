@@ -6,7 +6,10 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/pooling.h>
 
+#include <vector>
+
 #include "mmfl/error.h"
+#include "modalities/image/pool.h"
 
 namespace mmfl::modalities {
 
@@ -35,12 +38,17 @@ class CnnEncoder : public Encoder {
  public:
   CnnEncoder(const ImageEncoderConfig& cfg, int64_t h, int64_t w) : embed_dim_(cfg.embed_dim) {
     int64_t channels = 1;
+    // The layers sit in one Sequential (their parameter names, body.<index>.*, are the
+    // checkpoint's), but forward runs them itself so that ReLU and max-pool run fused.
     for (int64_t i = 0; i < cfg.depth; ++i) {
       const int64_t out = cfg.width << std::min<int64_t>(i, 4);
-      body_->push_back(nn::Conv2d(nn::Conv2dOptions(channels, out, 3).padding(1)));
+      convs_.push_back(nn::Conv2d(nn::Conv2dOptions(channels, out, 3).padding(1)));
+      body_->push_back(convs_.back());
       body_->push_back(nn::ReLU());
       // Pool while the map is large enough; deeper blocks keep the size.
-      if (h >= 4 && w >= 4) {
+      const bool pool = h >= 4 && w >= 4;
+      pool_.push_back(pool);
+      if (pool) {
         body_->push_back(nn::MaxPool2d(nn::MaxPool2dOptions(2)));
         h /= 2;
         w /= 2;
@@ -48,14 +56,25 @@ class CnnEncoder : public Encoder {
       channels = out;
     }
     body_->push_back(nn::Flatten());
-    body_->push_back(nn::Linear(channels * h * w, cfg.embed_dim));
+    head_ = nn::Linear(channels * h * w, cfg.embed_dim);
+    body_->push_back(head_);
     register_module("body", body_);
   }
-  torch::Tensor forward(const torch::Tensor& x) override { return body_->forward(x); }
+  torch::Tensor forward(const torch::Tensor& x) override {
+    auto y = x;
+    for (size_t i = 0; i < convs_.size(); ++i) {
+      y = convs_[i]->forward(y);
+      y = pool_[i] ? relu_max_pool2(y) : torch::relu(y);
+    }
+    return head_->forward(y.flatten(1));
+  }
   int64_t embed_dim() const override { return embed_dim_; }
 
  private:
   nn::Sequential body_;
+  std::vector<nn::Conv2d> convs_;
+  std::vector<bool> pool_;
+  nn::Linear head_{nullptr};
   int64_t embed_dim_;
 };
 
