@@ -372,6 +372,9 @@ __global__ void wmma_gemm_kernel(MatrixLayout a_layout, MatrixLayout b_layout,
     if constexpr (K == 8) {
       s.a[wmma_at(a_layout, r, k)] = wmma::__float_to_tf32(a[i]);
       s.b[wmma_at(b_layout, kb, col)] = wmma::__float_to_tf32(b[i]);
+    } else if constexpr (std::is_same_v<T, __half>) {
+      s.a[wmma_at(a_layout, r, k)] = __float2half_rn(a[i]);
+      s.b[wmma_at(b_layout, kb, col)] = __float2half_rn(b[i]);
     } else {
       s.a[wmma_at(a_layout, r, k)] = __float2bfloat16_rn(a[i]);
       s.b[wmma_at(b_layout, kb, col)] = __float2bfloat16_rn(b[i]);
@@ -412,6 +415,11 @@ void wmma_gemm(WmmaType type, MatrixLayout a_layout, MatrixLayout b_layout, Matr
       break;
     case WmmaType::kBf16:
       MMFL_LAUNCH((wmma_gemm_kernel<__nv_bfloat16, 16>), 1, 32, 0, nullptr)
+      (a_layout, b_layout, c_layout, d_a.get(), d_b.get(), d_c.get(), d_d.get());
+      MMFL_CHECK_LAUNCH(wmma_gemm_kernel);
+      break;
+    case WmmaType::kHalf:
+      MMFL_LAUNCH((wmma_gemm_kernel<__half, 16>), 1, 32, 0, nullptr)
       (a_layout, b_layout, c_layout, d_a.get(), d_b.get(), d_c.get(), d_d.get());
       MMFL_CHECK_LAUNCH(wmma_gemm_kernel);
       break;

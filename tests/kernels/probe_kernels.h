@@ -12,8 +12,8 @@ namespace mmfl::test::probes {
 enum class SharedKind : int { kStatic, kDynamic };
 enum class ShuffleMode : int { kIdx, kUp, kDown, kXor };
 enum class VoteMode : int { kBallot, kAny, kAll };
-// Operand types of the wmma probe: tf32 (m16n16k8) or bf16 (m16n16k16), fp32 accumulators.
-enum class WmmaType : int { kTf32, kBf16 };
+// Operand types of the wmma probe: tf32 (m16n16k8), bf16 or half (m16n16k16), fp32 accumulators.
+enum class WmmaType : int { kTf32, kBf16, kHalf };
 enum class MatrixLayout : int { kRowMajor, kColMajor };
 
 // Exact results of the atomics probe; see probe_kernels.cu for what each thread does.
@@ -79,10 +79,10 @@ enum class Divergence : int {
   /* host_out = 2 * host_in through a created stream, async copies and events; returns the         \
      elapsed milliseconds between the events */                                                    \
   float stream_roundtrip(const float* host_in /*[n]*/, float* host_out /*[n]*/, int n);            \
-  /* d = a b + c by one warp through nvcuda::wmma fragments; k = 8 (tf32) or 16 (bf16). The        \
-     kernel lays a, b and c out in shared memory in the given layouts (padded leading dimensions), \
-     converts a and b to the operand type (__float_to_tf32 or __float2bfloat16_rn), loads,         \
-     mma_syncs and stores d through c_layout */                                                    \
+  /* d = a b + c by one warp through nvcuda::wmma fragments; k = 8 (tf32) or 16 (bf16, half).      \
+     The kernel lays a, b and c out in shared memory in the given layouts (padded leading          \
+     dimensions), converts a and b to the operand type (__float_to_tf32, __float2bfloat16_rn,      \
+     __float2half_rn), loads, mma_syncs and stores d through c_layout */                           \
   void wmma_gemm(WmmaType type, MatrixLayout a_layout, MatrixLayout b_layout,                      \
                  MatrixLayout c_layout, const float* a /*[16, k] row-major*/,                      \
                  const float* b /*[k, 16] row-major*/, const float* c /*[16, 16] row-major*/,      \

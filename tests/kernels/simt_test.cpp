@@ -331,7 +331,7 @@ TEST_P(ProbeTest, StreamsAndEventsRunInOrder) {
     EXPECT_EQ(out[i], 2.0f * in[i]);
 }
 
-// Tensor cores: d = a b + c through wmma fragments, on small integers (exact in tf32 and bf16,
+// Tensor cores: d = a b + c through wmma fragments, on small integers (exact in tf32, bf16, half,
 // every partial sum exact in fp32), so the result equals the plain product exactly whatever the
 // summation order, for every combination of operand and accumulator layouts.
 TEST_P(ProbeTest, WmmaMatchesPlainProductOnSmallIntegers) {
@@ -340,14 +340,17 @@ TEST_P(ProbeTest, WmmaMatchesPlainProductOnSmallIntegers) {
   std::mt19937_64 rng(seed);
   std::uniform_int_distribution<int> small(-8, 8);
   const MatrixLayout layouts[] = {MatrixLayout::kRowMajor, MatrixLayout::kColMajor};
-  for (WmmaType type : {WmmaType::kTf32, WmmaType::kBf16}) {
+  for (WmmaType type : {WmmaType::kTf32, WmmaType::kBf16, WmmaType::kHalf}) {
+    const char* type_name = type == WmmaType::kTf32   ? "tf32"
+                            : type == WmmaType::kBf16 ? "bf16"
+                                                      : "half";
     const int k = type == WmmaType::kTf32 ? 8 : 16;
     for (MatrixLayout la : layouts) {
       for (MatrixLayout lb : layouts) {
         for (MatrixLayout lc : layouts) {
-          SCOPED_TRACE(::testing::Message() << (type == WmmaType::kTf32 ? "tf32" : "bf16") << " a "
-                                            << static_cast<int>(la) << " b " << static_cast<int>(lb)
-                                            << " c " << static_cast<int>(lc));
+          SCOPED_TRACE(::testing::Message()
+                       << type_name << " a " << static_cast<int>(la) << " b "
+                       << static_cast<int>(lb) << " c " << static_cast<int>(lc));
           std::vector<float> a(16 * k), b(k * 16), c(256), d(256, -1.0f);
           for (float& v : a)
             v = static_cast<float>(small(rng));
