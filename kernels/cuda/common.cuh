@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "mmfl/error.h"
 #include "mmfl/kernels/common.h"
@@ -47,12 +48,20 @@ inline Access choose_access(const float* a, const float* b, int64_t row_length) 
   return aligned && row_length % 4 == 0 ? Access::kVector4 : Access::kScalar;
 }
 
-// Launchers validate the precision once on the host; kernels then branch on a uniform value.
-inline void check_precision(const char* fn, Precision precision) {
+// Calls f(std::integral_constant<Precision, P>{}) for the runtime `precision`: every precision
+// gets kernel instantiations of its own, so the fp32 kernels keep their registers and occupancy
+// (one kernel holding all three paths needed about twice the fp32 path's registers).
+template <typename F>
+void with_precision(const char* fn, Precision precision, F&& f) {
   switch (precision) {
     case Precision::kFp32:
+      f(std::integral_constant<Precision, Precision::kFp32>{});
+      return;
     case Precision::kTf32:
+      f(std::integral_constant<Precision, Precision::kTf32>{});
+      return;
     case Precision::kBf16:
+      f(std::integral_constant<Precision, Precision::kBf16>{});
       return;
     default:
       MMFL_FAIL(fn, ": unknown Precision ", static_cast<int>(precision),
