@@ -268,8 +268,8 @@ RoundStats CreamFlStrategy::run_round(const std::vector<const ClientSpec*>& coho
   torch::Tensor a_img, a_txt, w_img, w_txt, g_img, g_txt;
   std::vector<Update> reps;
   if (!public_only) {
-    g_img = features(*server_.image, true);
-    g_txt = features(*server_.text, false);
+    g_img = next_g_img_.defined() ? next_g_img_ : features(*server_.image, true);
+    g_txt = next_g_txt_.defined() ? next_g_txt_ : features(*server_.text, false);
     Task task(*this, g_img, g_txt);
     reps = executor_->train(cohort, task, round);
     s = round_stats(reps);
@@ -305,6 +305,17 @@ RoundStats CreamFlStrategy::run_round(const std::vector<const ClientSpec*>& coho
   MMFL_CHECK(std::isfinite(server_loss), "round ", round,
              ": the server's training loss is not "
              "finite (training diverged); lower creamfl.server_lr or set train.grad_clip");
+  // A finite loss can still be a diverged one: with train.grad_clip set, creamfl.server_lr at its
+  // maximum keeps the loss finite at 1e7-1e9 while the server ends below chance accuracy (the run
+  // finished with exit 0). A model that predicts nothing scores about ln(classes) per tower plus
+  // the contrastive term's ln(batch); 100 times that is far beyond any model that learns.
+  const double chance =
+      2.0 * std::log(double(data_.num_classes)) +
+      cfg_.train.contrastive_weight * std::log(double(cfg_.creamfl.public_batch_size));
+  MMFL_CHECK(server_loss <= 100.0 * chance, "round ", round, ": the server's training loss ",
+             server_loss, " is over 100 times the chance level (", chance,
+             "): training diverged; lower creamfl.server_lr (now ", cfg_.creamfl.server_lr,
+             ") or train.grad_clip (now ", cfg_.train.grad_clip, ")");
   if (!public_only) {
     const double distill_loss = distill(a_img, a_txt);
     s.extra["distill_loss"] = distill_loss;
@@ -314,7 +325,21 @@ RoundStats CreamFlStrategy::run_round(const std::vector<const ClientSpec*>& coho
     if (round == cfg_.creamfl.dump_round)
       dump(round, reps, g_img, g_txt, w_img, w_txt, a_img, a_txt);
   }
+  refresh_server_features(s);
   return s;
+}
+
+void CreamFlStrategy::refresh_server_features(RoundStats& s) {
+  next_g_img_ = features(*server_.image, true);
+  next_g_txt_ = features(*server_.text, false);
+  // Reported: the spread of the unit-norm features over the public set, the mean over dimensions
+  // of the standard deviation across samples (about 1 / sqrt(D) for features spread over the
+  // sphere, 0 when every sample maps to one point).
+  for (const auto& [name, f] :
+       {std::pair<const char*, torch::Tensor>{"image", next_g_img_}, {"text", next_g_txt_}}) {
+    s.extra[std::string("server_") + name + "_spread"] =
+        f.size(0) > 1 ? f.std(0).mean().item<double>() : 0.0;
+  }
 }
 
 void CreamFlStrategy::dump(int64_t round, const std::vector<Update>& reps,
@@ -364,6 +389,7 @@ void CreamFlStrategy::load(const Checkpoint& ck) {
              "checkpoint lacks the server's 'image' or 'text' tower");
   server_.image->load_flat(ck.tensors.at("image"));
   server_.text->load_flat(ck.tensors.at("text"));
+  next_g_img_ = next_g_txt_ = torch::Tensor();
   states_.load(ck);
 }
 

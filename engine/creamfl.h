@@ -49,6 +49,9 @@ class CreamFlStrategy : public Strategy {
   void keep_state(int64_t id, const ClientModel& st);
   double server_train(int64_t round);
   torch::Tensor features(Tower& tower, bool image);  // [N, D] of the public set, normalized
+  // After the server's training: its public-set features, kept for the next round's clients,
+  // and their spread reported.
+  void refresh_server_features(RoundStats& s);
   void dump(int64_t round, const std::vector<Update>& reps, const torch::Tensor& g_img,
             const torch::Tensor& g_txt, const torch::Tensor& w_img, const torch::Tensor& w_txt,
             const torch::Tensor& a_img, const torch::Tensor& a_txt) const;
@@ -59,6 +62,8 @@ class CreamFlStrategy : public Strategy {
   std::unique_ptr<Executor> executor_;
   std::array<int64_t, 3> client_params_{};  // parameters of a client of each kind
   ClientStateStore states_;                 // the clients' models ("image", "text")
+  // The server's public-set features as the last round left them (undefined after a load).
+  torch::Tensor next_g_img_, next_g_txt_;
   std::string run_dir_;
 };
 

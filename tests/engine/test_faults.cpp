@@ -97,6 +97,24 @@ TEST_F(Faults, CreamFlServerDivergenceStopsTheRun) {
   EXPECT_NE(msg.find("creamfl.server_lr"), std::string::npos) << msg;
 }
 
+// Item 2 (CreamFL) as it was reported: with train.grad_clip set, creamfl.server_lr at its maximum
+// keeps every loss finite (the server's at 1e7-1e9) while the server falls below chance accuracy;
+// the run finished with exit 0. It must stop naming both keys.
+TEST_F(Faults, CreamFlClippedServerDivergenceStopsTheRun) {
+  const auto msg = error_of([&] {
+    run_experiment(tiny({"strategy.name=creamfl", "creamfl.server_lr=100", "train.grad_clip=5"}),
+                   opts("run"));
+  });
+  EXPECT_NE(msg.find("times the chance level"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("creamfl.server_lr (now 100)"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("train.grad_clip (now 5)"), std::string::npos) << msg;
+  // The same federation at the default server_lr trains (and reports the feature spread).
+  run_experiment(tiny({"strategy.name=creamfl", "train.grad_clip=5"}), opts("ok"));
+  const auto m = metrics((base_ / "ok").string());
+  ASSERT_EQ(m.size(), 3u);
+  EXPECT_GT(m[2]["server_image_spread"].get<double>(), 0.01);
+}
+
 // Item 3: on resume, metrics.jsonl is reconciled with the checkpoint: rows after it are
 // dropped, a missing row is an error (the old code kept whatever rows were there, with a gap).
 TEST_F(Faults, ResumeReconcilesMetrics) {
