@@ -20,7 +20,7 @@ SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FUZZ_SECONDS ?= 60
 FUZZERS     := fuzz_config fuzz_idx fuzz_gzip fuzz_checkpoint fuzz_safetensors fuzz_wordpiece
 
-.PHONY: run test build configure deps venv sanitize asan tsan fuzz bench bench-fl clean
+.PHONY: run test build configure deps venv sanitize asan tsan fuzz bench bench-fl clean gpu-bundle gpu-check
 
 run: build
 	$(BUILD)/mmfl run $(CONFIG)
@@ -115,6 +115,49 @@ bench: build
 # The cross-device FL benchmark: mmfl's executors beside a plain-PyTorch simulator, same run.
 bench-fl: build
 	$(PYTHON) bench/cross_device.py --mmfl $(BUILD)/mmfl
+
+# ---- GPU check (README, "GPU check") -------------------------------------------------------------
+# make gpu-bundle: the Release build's GPU tests and benchmark (CUDA for sm_90a, see CMakeLists.txt)
+# with the shared libraries they need that a GPU machine's torch does not bring, into $(BUNDLE)
+# (at most 64 MiB; LibTorch is found on the GPU machine through its python3). Copy that tree to the
+# GPU machine and run `make gpu-check OUT=DIR` there. Here, `make gpu-check OUT=DIR` runs the
+# check from $(BUNDLE) (on a machine without a GPU it says so and exits 3).
+BUNDLE      ?= $(BUILD)/gpu-bundle
+BUNDLE_BINS := tests/kernels/mmfl_kernels_test tests/fusion/test_fusion_cuda bench/mmfl_bench
+BUNDLE_MAX  := 67108864
+
+gpu-bundle: build
+	@grep -q '^CMAKE_CUDA_COMPILER:' $(BUILD)/CMakeCache.txt && grep -q 'CMAKE_CUDA_ARCHITECTURES:.*90a' $(BUILD)/CMakeCache.txt || \
+	  { echo "mmfl: $(BUILD) was configured without CUDA for sm_90a (nvcc not found?): no GPU bundle"; exit 2; }
+	rm -rf $(BUNDLE) && mkdir -p $(BUNDLE)/bin $(BUNDLE)/lib/gcc $(BUNDLE)/lib/fallback $(BUNDLE)/bench/gpu
+	for b in $(BUNDLE_BINS); do strip --strip-debug -o $(BUNDLE)/bin/$$(basename $$b) $(BUILD)/$$b; done
+	@# Shared libraries other than glibc's, LibTorch's and the nvidia wheels' (those the GPU machine
+	@# has). gpu_check.sh puts lib/ first on LD_LIBRARY_PATH; lib/fallback/ (the CUDA runtime) after
+	@# the torch wheel's nvidia/*/lib, so torch's own copy wins; lib/gcc/ (libstdc++, libgcc_s: they
+	@# need a newer glibc than the binaries) only when the machine's libstdc++ is too old for them.
+	for b in $(BUNDLE)/bin/*; do ldd $$b; done | awk '/=> \// {print $$3}' | sort -u | \
+	  grep -v -E '/(libc|libm|libdl|libpthread|librt|libutil|ld-linux[^/]*)\.so|/torch/lib/|/nvidia/' | \
+	  while read -r lib; do case $$(basename $$lib) in \
+	    libstdc++.so*|libgcc_s.so*) cp -L $$lib $(BUNDLE)/lib/gcc/ ;; \
+	    libcudart.so*) cp -L $$lib $(BUNDLE)/lib/fallback/ ;; \
+	    *) cp -L $$lib $(BUNDLE)/lib/ ;; esac; done
+	cp bench/gpu/gpu_check.sh $(BUNDLE)/bench/gpu/ && cp bench/gpu/bundle.mk $(BUNDLE)/Makefile
+	{ echo "mmfl GPU bundle"; echo "commit: $$(git rev-parse HEAD)$$(git diff --quiet || echo ' (with uncommitted changes)')"; \
+	  echo "built: $$(date -u +%FT%TZ) on $$(hostname)"; \
+	  echo "cuda archs: $$(sed -n 's/^CMAKE_CUDA_ARCHITECTURES:[A-Z]*=//p' $(BUILD)/CMakeCache.txt)"; \
+	  echo "nvcc: $$(nvcc --version | tail -1)"; \
+	  echo "libs: $$(cd $(BUNDLE)/lib && find . -type f | sort | tr '\n' ' ')"; \
+	  echo "glibc: >= $$(objdump -T $(BUNDLE)/bin/* 2>/dev/null | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1) (>= $$(objdump -T $(BUNDLE)/lib/gcc/* 2>/dev/null | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1) with lib/gcc)"; \
+	  echo "libstdc++: GLIBCXX >= $$(objdump -T $(BUNDLE)/bin/* 2>/dev/null | grep -o 'GLIBCXX_[0-9][0-9.]*' | sed 's/GLIBCXX_//' | sort -uV | tail -1)"; \
+	} > $(BUNDLE)/MANIFEST
+	@size=$$(du -sb $(BUNDLE) | cut -f1); \
+	if [ $$size -gt $(BUNDLE_MAX) ]; then echo "mmfl: $(BUNDLE) is $$size bytes, over 64 MiB"; exit 2; fi; \
+	echo "mmfl: $(BUNDLE) ready, $$size bytes ($$((size / 1048576)) MiB); on the GPU machine: make gpu-check OUT=DIR"
+
+gpu-check:
+	@[ -n "$(OUT)" ] || { echo "usage: make gpu-check OUT=DIR"; exit 2; }
+	@[ -x $(BUNDLE)/bench/gpu/gpu_check.sh ] || { echo "mmfl: no bundle in $(BUNDLE): run make gpu-bundle first"; exit 2; }
+	$(MAKE) -C $(BUNDLE) gpu-check OUT=$(abspath $(OUT))
 
 clean:
 	rm -rf $(BUILD) build-asan build-tsan build-fuzz

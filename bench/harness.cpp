@@ -89,7 +89,7 @@ Timing time_gpu(const std::function<void()>& fn, int warmup, int reps) {
 #endif
 
 void Report::print_header() const {
-  std::printf("%-18s %-5s %-26s %11s %15s %11s %8s %9s %s\n", "op", "dev", "shape", "kernel ms",
+  std::printf("%-18s %-9s %-26s %11s %15s %11s %8s %9s %s\n", "op", "dev", "shape", "kernel ms",
               "kernel rate", "torch ms", "speedup", "%ceiling", "notes");
 }
 
@@ -112,7 +112,7 @@ void Report::add(const Row& r) {
     note += (note.empty() ? "" : "; ") + std::string("peak MB ") +
             std::to_string(int64_t(r.kernel_peak_mb)) + " vs " +
             (r.baseline_peak_mb >= 0 ? std::to_string(int64_t(r.baseline_peak_mb)) : "-");
-  std::printf("%-18s %-5s %-26s %11.3f %15s %11s %8s %9s %s\n", r.op.c_str(), r.backend.c_str(),
+  std::printf("%-18s %-9s %-26s %11.3f %15s %11s %8s %9s %s\n", r.op.c_str(), r.backend.c_str(),
               r.shape.c_str(), r.kernel.median_ms, rate(r, r.kernel).c_str(), base, speed, ceil,
               note.c_str());
   std::fflush(stdout);

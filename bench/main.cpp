@@ -398,81 +398,104 @@ void bench_cuda(const Options& o, Report& rep) {
       auto gi = torch::empty({n, d}, opts), gt = torch::empty({n, d}, opts),
            gtau = torch::empty({1}, opts);
       const auto one = torch::ones({1}, opts);
-      // Ceiling 2: cuBLAS fp32 GEMM of the same shape (N x D times D x N), through LibTorch.
-      const auto bt = txt.t().contiguous();
-      const auto tg = time_gpu([&] { torch::matmul(img, bt); }, 3, 10);
-      const double gemm = 2.0 * double(n) * double(n) * double(d) / (tg.median_ms * 1e-3);
-      auto fwd = [&] {
-        k::cuda::infonce_forward(img.data_ptr<float>(), txt.data_ptr<float>(), n, d,
-                                 tau.data_ptr<float>(), loss.data_ptr<float>(),
-                                 li.data_ptr<float>(), lt.data_ptr<float>(), stream);
-      };
-      auto bwd = [&] {
-        k::cuda::infonce_backward(img.data_ptr<float>(), txt.data_ptr<float>(), n, d,
-                                  tau.data_ptr<float>(), li.data_ptr<float>(), lt.data_ptr<float>(),
-                                  one.data_ptr<float>(), gi.data_ptr<float>(), gt.data_ptr<float>(),
-                                  gtau.data_ptr<float>(), stream);
-      };
-      auto eager = [&] {
-        auto a = img.detach().requires_grad_(), b = txt.detach().requires_grad_();
-        auto t = tau.detach().requires_grad_();
-        fusion::infonce_composed(a, b, t).backward();
-      };
-      const double nnd = double(n) * double(n) * double(d);
-      {
-        Row r;
-        r.op = "infonce_fwd";
-        r.backend = "cuda";
-        r.shape = shape_nd(n, d);
-        r.kernel = time_gpu(fwd, 3, 10);
-        r.flops = 4.0 * nnd;  // two GEMM-shaped passes: rows (I vs T) and columns (T vs I)
-        r.ceiling = gemm;
-        r.ceiling_name = "cuBLAS fp32 GEMM";
-        rep.add(r);
-      }
-      {
-        Row r;
-        r.op = "infonce_bwd";
-        r.backend = "cuda";
-        r.shape = shape_nd(n, d);
-        fwd();
-        r.kernel = time_gpu(bwd, 3, 10);
-        r.flops = 8.0 * nnd;  // two passes, each recomputing S (2 N^2 D) and accumulating (2 N^2 D)
-        r.ceiling = gemm;
-        r.ceiling_name = "cuBLAS fp32 GEMM";
-        rep.add(r);
-      }
-      {
-        Row r;
-        r.op = "infonce_fwd_bwd";
-        r.backend = "cuda";
-        r.shape = shape_nd(n, d);
-        r.kernel = time_gpu(
-            [&] {
-              fwd();
-              bwd();
-            },
-            3, 10);
-        r.baseline = time_gpu(eager, 2, 5);
-        r.flops = 6.0 * nnd;  // useful FLOPs, as the composition spends them
-        r.ceiling = gemm;
-        r.ceiling_name = "cuBLAS fp32 GEMM";
-        r.kernel_peak_mb = peak_mb([&] {
-          auto l2 = torch::empty({1}, opts), a = torch::empty({n}, opts),
-               b = torch::empty({n}, opts);
-          auto g1 = torch::empty({n, d}, opts), g2 = torch::empty({n, d}, opts),
-               g3 = torch::empty({1}, opts);
+      // One set of rows per precision (backend "cuda", "cuda/tf32", "cuda/bf16"), each against
+      // the cuBLAS GEMM of the same shape (N x D times D x N) and precision, through LibTorch.
+      for (const k::Precision precision :
+           {k::Precision::kFp32, k::Precision::kTf32, k::Precision::kBf16}) {
+        const std::string backend = precision == k::Precision::kFp32
+                                        ? "cuda"
+                                        : std::string("cuda/") + k::precision_name(precision);
+        const std::string gemm_name =
+            std::string("cuBLAS ") + k::precision_name(precision) + " GEMM";
+        const auto bt = txt.t().contiguous();
+        const auto img16 = img.to(torch::kBFloat16), bt16 = bt.to(torch::kBFloat16);
+        const bool tf32_before = at::globalContext().allowTF32CuBLAS();
+        at::globalContext().setAllowTF32CuBLAS(precision == k::Precision::kTf32);
+        const auto tg = precision == k::Precision::kBf16
+                            ? time_gpu([&] { torch::matmul(img16, bt16); }, 3, 10)
+                            : time_gpu([&] { torch::matmul(img, bt); }, 3, 10);
+        at::globalContext().setAllowTF32CuBLAS(tf32_before);
+        const double gemm = 2.0 * double(n) * double(n) * double(d) / (tg.median_ms * 1e-3);
+        auto fwd = [&] {
           k::cuda::infonce_forward(img.data_ptr<float>(), txt.data_ptr<float>(), n, d,
-                                   tau.data_ptr<float>(), l2.data_ptr<float>(), a.data_ptr<float>(),
-                                   b.data_ptr<float>(), stream);
+                                   tau.data_ptr<float>(), loss.data_ptr<float>(),
+                                   li.data_ptr<float>(), lt.data_ptr<float>(), precision, stream);
+        };
+        auto bwd = [&] {
           k::cuda::infonce_backward(img.data_ptr<float>(), txt.data_ptr<float>(), n, d,
-                                    tau.data_ptr<float>(), a.data_ptr<float>(), b.data_ptr<float>(),
-                                    one.data_ptr<float>(), g1.data_ptr<float>(),
-                                    g2.data_ptr<float>(), g3.data_ptr<float>(), stream);
-        });
-        r.baseline_peak_mb = peak_mb(eager);
-        r.note = "GEMM ceiling " + std::to_string(int64_t(gemm / 1e9)) + " GFLOP/s";
-        rep.add(r);
+                                    tau.data_ptr<float>(), li.data_ptr<float>(),
+                                    lt.data_ptr<float>(), one.data_ptr<float>(),
+                                    gi.data_ptr<float>(), gt.data_ptr<float>(),
+                                    gtau.data_ptr<float>(), precision, stream);
+        };
+        auto eager = [&] {
+          auto a = img.detach().requires_grad_(), b = txt.detach().requires_grad_();
+          auto t = tau.detach().requires_grad_();
+          fusion::infonce_composed(a, b, t).backward();
+        };
+        const double nnd = double(n) * double(n) * double(d);
+        {
+          Row r;
+          r.op = "infonce_fwd";
+          r.backend = backend;
+          r.shape = shape_nd(n, d);
+          r.kernel = time_gpu(fwd, 3, 10);
+          r.flops = 4.0 * nnd;  // two GEMM-shaped passes: rows (I vs T) and columns (T vs I)
+          r.ceiling = gemm;
+          r.ceiling_name = gemm_name;
+          rep.add(r);
+        }
+        {
+          Row r;
+          r.op = "infonce_bwd";
+          r.backend = backend;
+          r.shape = shape_nd(n, d);
+          fwd();
+          r.kernel = time_gpu(bwd, 3, 10);
+          r.flops =
+              8.0 * nnd;  // two passes, each recomputing S (2 N^2 D) and accumulating (2 N^2 D)
+          r.ceiling = gemm;
+          r.ceiling_name = gemm_name;
+          rep.add(r);
+        }
+        {
+          Row r;
+          r.op = "infonce_fwd_bwd";
+          r.backend = backend;
+          r.shape = shape_nd(n, d);
+          r.kernel = time_gpu(
+              [&] {
+                fwd();
+                bwd();
+              },
+              3, 10);
+          // The composition in the same precision where LibTorch has a switch for it (tf32
+          // matmuls); bf16 rows compare with the fp32 composition (see the note).
+          at::globalContext().setAllowTF32CuBLAS(precision == k::Precision::kTf32);
+          r.baseline = time_gpu(eager, 2, 5);
+          at::globalContext().setAllowTF32CuBLAS(tf32_before);
+          r.flops = 6.0 * nnd;  // useful FLOPs, as the composition spends them
+          r.ceiling = gemm;
+          r.ceiling_name = gemm_name;
+          r.kernel_peak_mb = peak_mb([&] {
+            auto l2 = torch::empty({1}, opts), a = torch::empty({n}, opts),
+                 b = torch::empty({n}, opts);
+            auto g1 = torch::empty({n, d}, opts), g2 = torch::empty({n, d}, opts),
+                 g3 = torch::empty({1}, opts);
+            k::cuda::infonce_forward(img.data_ptr<float>(), txt.data_ptr<float>(), n, d,
+                                     tau.data_ptr<float>(), l2.data_ptr<float>(),
+                                     a.data_ptr<float>(), b.data_ptr<float>(), precision, stream);
+            k::cuda::infonce_backward(img.data_ptr<float>(), txt.data_ptr<float>(), n, d,
+                                      tau.data_ptr<float>(), a.data_ptr<float>(),
+                                      b.data_ptr<float>(), one.data_ptr<float>(),
+                                      g1.data_ptr<float>(), g2.data_ptr<float>(),
+                                      g3.data_ptr<float>(), precision, stream);
+          });
+          r.baseline_peak_mb = peak_mb(eager);
+          r.note = "GEMM ceiling " + std::to_string(int64_t(gemm / 1e9)) + " GFLOP/s" +
+                   (precision == k::Precision::kBf16 ? "; baseline: the fp32 composition" : "");
+          rep.add(r);
+        }
       }
     }
   }
@@ -488,33 +511,40 @@ void bench_cuda(const Options& o, Report& rep) {
               F::normalize(torch::randn({n, d}, opts), F::NormalizeFuncOptions().dim(1));
           const auto tau = torch::ones({1}, opts);
           auto w = torch::empty({kk, n}, opts), out = torch::empty({n, d}, opts);
-          auto fused = [&] {
-            k::cuda::creamfl_ensemble(local.data_ptr<float>(), bank.data_ptr<float>(), kk, n, d,
-                                      tau.data_ptr<float>(), k::EnsembleWeighting::kContrastive,
-                                      w.data_ptr<float>(), out.data_ptr<float>(), stream);
-          };
-          auto composed = [&] {
-            fusion::creamfl_ensemble_composed(local, bank, 1.0, k::EnsembleWeighting::kContrastive);
-          };
-          Row r;
-          r.op = "creamfl_ensemble";
-          r.backend = "cuda";
-          r.shape = "K=" + std::to_string(kk) + " " + shape_nd(n, d);
-          r.kernel = time_gpu(fused, 2, 5);
-          r.kernel_peak_mb = peak_mb(fused);
-          size_t free_b = 0, total_b = 0;
-          MMFL_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-          // The composition's per-client N x N logits and log-softmax, with headroom.
-          if (3.0 * double(n) * double(n) * 4 < 0.8 * double(free_b)) {
-            r.baseline = time_gpu(composed, 1, 3);
-            r.baseline_peak_mb = peak_mb(composed);
-          } else {
-            r.note = "composition does not fit: needs ~" +
-                     std::to_string(int64_t(3.0 * double(n) * double(n) * 4 / 1e9)) + " GB";
+          for (const k::Precision precision :
+               {k::Precision::kFp32, k::Precision::kTf32, k::Precision::kBf16}) {
+            auto fused = [&] {
+              k::cuda::creamfl_ensemble(local.data_ptr<float>(), bank.data_ptr<float>(), kk, n, d,
+                                        tau.data_ptr<float>(), k::EnsembleWeighting::kContrastive,
+                                        w.data_ptr<float>(), out.data_ptr<float>(), precision,
+                                        stream);
+            };
+            auto composed = [&] {
+              fusion::creamfl_ensemble_composed(local, bank, 1.0,
+                                                k::EnsembleWeighting::kContrastive);
+            };
+            Row r;
+            r.op = "creamfl_ensemble";
+            r.backend = precision == k::Precision::kFp32
+                            ? "cuda"
+                            : std::string("cuda/") + k::precision_name(precision);
+            r.shape = "K=" + std::to_string(kk) + " " + shape_nd(n, d);
+            r.kernel = time_gpu(fused, 2, 5);
+            r.kernel_peak_mb = peak_mb(fused);
+            size_t free_b = 0, total_b = 0;
+            MMFL_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+            // The composition's per-client N x N logits and log-softmax, with headroom.
+            if (3.0 * double(n) * double(n) * 4 < 0.8 * double(free_b)) {
+              r.baseline = time_gpu(composed, 1, 3);
+              r.baseline_peak_mb = peak_mb(composed);
+            } else {
+              r.note = "composition does not fit: needs ~" +
+                       std::to_string(int64_t(3.0 * double(n) * double(n) * 4 / 1e9)) + " GB";
+            }
+            r.flops = 2.0 * double(kk) * double(n) * double(n) * double(d);
+            r.ceiling = 0;
+            rep.add(r);
           }
-          r.flops = 2.0 * double(kk) * double(n) * double(n) * double(d);
-          r.ceiling = 0;
-          rep.add(r);
         }
       }
     }
@@ -538,11 +568,12 @@ void bench_cuda(const Options& o, Report& rep) {
           [&] {
             k::cuda::bank_ce_forward(q.data_ptr<float>(), bank.data_ptr<float>(),
                                      target.data_ptr<int64_t>(), b, n, d, tau.data_ptr<float>(),
-                                     lse.data_ptr<float>(), loss.data_ptr<float>(), stream);
+                                     lse.data_ptr<float>(), loss.data_ptr<float>(),
+                                     k::Precision::kFp32, stream);
             k::cuda::bank_ce_backward(q.data_ptr<float>(), bank.data_ptr<float>(),
                                       target.data_ptr<int64_t>(), b, n, d, tau.data_ptr<float>(),
                                       lse.data_ptr<float>(), g.data_ptr<float>(),
-                                      gq.data_ptr<float>(), nullptr, stream);
+                                      gq.data_ptr<float>(), nullptr, k::Precision::kFp32, stream);
           },
           3, 10);
       r.baseline = time_gpu(

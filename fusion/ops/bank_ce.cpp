@@ -31,7 +31,8 @@ class BankCrossEntropy : public torch::autograd::Function<BankCrossEntropy> {
  public:
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& q_in,
                                const torch::Tensor& bank_in, const torch::Tensor& target_in,
-                               double tau_value) {
+                               double tau_value, int64_t precision_value) {
+    const auto precision = static_cast<kernels::Precision>(precision_value);
     const auto q = q_in.contiguous(), bank = bank_in.contiguous(), target = target_in.contiguous();
     const int64_t b = q.size(0), n = bank.size(0), d = q.size(1);
     const auto tau = torch::full({1}, tau_value, q.options());
@@ -45,13 +46,15 @@ class BankCrossEntropy : public torch::autograd::Function<BankCrossEntropy> {
       const c10::cuda::CUDAGuard guard(q.device());
       kernels::cuda::bank_ce_forward(q.data_ptr<float>(), bank.data_ptr<float>(),
                                      target.data_ptr<int64_t>(), b, n, d, tau.data_ptr<float>(),
-                                     lse.data_ptr<float>(), loss.data_ptr<float>(), stream_of(q));
+                                     lse.data_ptr<float>(), loss.data_ptr<float>(), precision,
+                                     stream_of(q));
 #else
       no_cuda("bank_cross_entropy");
 #endif
     }
     ctx->save_for_backward({q, bank, target, tau, lse});
     ctx->saved_data["bank_grad"] = bank_in.requires_grad();
+    ctx->saved_data["precision"] = precision_value;
     return loss;
   }
 
@@ -72,15 +75,16 @@ class BankCrossEntropy : public torch::autograd::Function<BankCrossEntropy> {
     } else {
 #ifdef MMFL_HAVE_CUDA
       const c10::cuda::CUDAGuard guard(q.device());
-      kernels::cuda::bank_ce_backward(q.data_ptr<float>(), bank.data_ptr<float>(),
-                                      target.data_ptr<int64_t>(), b, n, d, tau.data_ptr<float>(),
-                                      lse.data_ptr<float>(), g.data_ptr<float>(),
-                                      grad_q.data_ptr<float>(), gb, stream_of(q));
+      kernels::cuda::bank_ce_backward(
+          q.data_ptr<float>(), bank.data_ptr<float>(), target.data_ptr<int64_t>(), b, n, d,
+          tau.data_ptr<float>(), lse.data_ptr<float>(), g.data_ptr<float>(),
+          grad_q.data_ptr<float>(), gb,
+          static_cast<kernels::Precision>(ctx->saved_data["precision"].toInt()), stream_of(q));
 #else
       no_cuda("bank_cross_entropy");
 #endif
     }
-    return {grad_q, grad_bank, torch::Tensor(), torch::Tensor()};
+    return {grad_q, grad_bank, torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -94,7 +98,8 @@ void check_same_device_fp32(const char* op, const torch::Tensor& a, const torch:
 }  // namespace
 
 torch::Tensor bank_cross_entropy(const torch::Tensor& q, const torch::Tensor& bank,
-                                 const torch::Tensor& target, double tau) {
+                                 const torch::Tensor& target, double tau,
+                                 kernels::Precision precision) {
   MMFL_CHECK(q.dim() == 2 && q.size(0) >= 1 && q.size(1) >= 1,
              "bank_cross_entropy: q must be [B, D] with B, D >= 1, got ", q.sizes());
   MMFL_CHECK(bank.dim() == 2 && bank.size(0) >= 1 && bank.size(1) == q.size(1),
@@ -107,11 +112,12 @@ torch::Tensor bank_cross_entropy(const torch::Tensor& q, const torch::Tensor& ba
              ", q on ", q.device());
   MMFL_CHECK(tau > 0, "bank_cross_entropy: tau must be > 0, got ", tau);
   check_same_device_fp32("bank_cross_entropy", q, bank);
-  return BankCrossEntropy::apply(q, bank, target, tau);
+  return BankCrossEntropy::apply(q, bank, target, tau, static_cast<int64_t>(precision));
 }
 
 EnsembleResult creamfl_ensemble(const torch::Tensor& local_in, const torch::Tensor& bank_in,
-                                double tau_value, kernels::EnsembleWeighting weighting) {
+                                double tau_value, kernels::EnsembleWeighting weighting,
+                                kernels::Precision precision) {
   MMFL_CHECK(local_in.dim() == 3 && local_in.size(0) >= 1 && local_in.size(1) >= 1,
              "creamfl_ensemble: local must be [K, N, D] with K, N >= 1, got ", local_in.sizes());
   MMFL_CHECK(bank_in.dim() == 2 && bank_in.size(0) == local_in.size(1) &&
@@ -134,7 +140,7 @@ EnsembleResult creamfl_ensemble(const torch::Tensor& local_in, const torch::Tens
     const c10::cuda::CUDAGuard guard(local.device());
     kernels::cuda::creamfl_ensemble(local.data_ptr<float>(), bank.data_ptr<float>(), k, n, d,
                                     tau.data_ptr<float>(), weighting, r.weights.data_ptr<float>(),
-                                    r.out.data_ptr<float>(), stream_of(local));
+                                    r.out.data_ptr<float>(), precision, stream_of(local));
 #else
     no_cuda("creamfl_ensemble");
 #endif

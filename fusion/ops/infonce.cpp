@@ -31,7 +31,9 @@ cudaStream_t current_stream(const torch::Tensor& t) {
 class InfoNce : public torch::autograd::Function<InfoNce> {
  public:
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& img_in,
-                               const torch::Tensor& txt_in, const torch::Tensor& tau_in) {
+                               const torch::Tensor& txt_in, const torch::Tensor& tau_in,
+                               int64_t precision_value) {
+    const auto precision = static_cast<kernels::Precision>(precision_value);
     const auto img = img_in.contiguous(), txt = txt_in.contiguous();
     const auto tau = tau_in.reshape({1}).contiguous();
     const int64_t n = img.size(0), d = img.size(1);
@@ -49,13 +51,14 @@ class InfoNce : public torch::autograd::Function<InfoNce> {
       kernels::cuda::infonce_forward(img.data_ptr<float>(), txt.data_ptr<float>(), n, d,
                                      tau.data_ptr<float>(), loss.data_ptr<float>(),
                                      lse_img.data_ptr<float>(), lse_txt.data_ptr<float>(),
-                                     current_stream(img));
+                                     precision, current_stream(img));
 #else
       no_cuda();
 #endif
     }
     ctx->save_for_backward({img, txt, tau, lse_img, lse_txt});
     ctx->saved_data["tau_shape"] = tau_in.sizes().vec();
+    ctx->saved_data["precision"] = precision_value;
     return loss.reshape({});
   }
 
@@ -76,24 +79,25 @@ class InfoNce : public torch::autograd::Function<InfoNce> {
     } else {
 #ifdef MMFL_HAVE_CUDA
       const c10::cuda::CUDAGuard guard(img.device());
-      kernels::cuda::infonce_backward(img.data_ptr<float>(), txt.data_ptr<float>(), n, d,
-                                      tau.data_ptr<float>(), lse_img.data_ptr<float>(),
-                                      lse_txt.data_ptr<float>(), grad_loss.data_ptr<float>(),
-                                      grad_img.data_ptr<float>(), grad_txt.data_ptr<float>(),
-                                      grad_tau.data_ptr<float>(), current_stream(img));
+      kernels::cuda::infonce_backward(
+          img.data_ptr<float>(), txt.data_ptr<float>(), n, d, tau.data_ptr<float>(),
+          lse_img.data_ptr<float>(), lse_txt.data_ptr<float>(), grad_loss.data_ptr<float>(),
+          grad_img.data_ptr<float>(), grad_txt.data_ptr<float>(), grad_tau.data_ptr<float>(),
+          static_cast<kernels::Precision>(ctx->saved_data["precision"].toInt()),
+          current_stream(img));
 #else
       no_cuda();
 #endif
     }
     const auto tau_shape = ctx->saved_data["tau_shape"].toIntVector();
-    return {grad_img, grad_txt, grad_tau.reshape(tau_shape)};
+    return {grad_img, grad_txt, grad_tau.reshape(tau_shape), torch::Tensor()};
   }
 };
 
 }  // namespace
 
-torch::Tensor infonce(const torch::Tensor& img, const torch::Tensor& txt,
-                      const torch::Tensor& tau) {
+torch::Tensor infonce(const torch::Tensor& img, const torch::Tensor& txt, const torch::Tensor& tau,
+                      kernels::Precision precision) {
   MMFL_CHECK(img.dim() == 2 && img.size(0) >= 1 && img.size(1) >= 1,
              "infonce: img must be [N, D] with N, D >= 1, got shape ", img.sizes());
   MMFL_CHECK(txt.sizes() == img.sizes(), "infonce: txt must have img's shape ", img.sizes(),
@@ -107,7 +111,7 @@ torch::Tensor infonce(const torch::Tensor& img, const torch::Tensor& txt,
              "infonce: img, txt and tau must be on one device, got ", img.device(), ", ",
              txt.device(), ", ", tau.device());
   MMFL_CHECK(img.is_cpu() || img.is_cuda(), "infonce: unsupported device ", img.device());
-  return InfoNce::apply(img, txt, tau);
+  return InfoNce::apply(img, txt, tau, static_cast<int64_t>(precision));
 }
 
 }  // namespace mmfl::fusion::ops

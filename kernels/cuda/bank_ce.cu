@@ -114,7 +114,7 @@ __device__ __forceinline__ void write_row(RunningLse r, float picked, int64_t ta
 // writes lse (if not null) and loss. Otherwise leaves for bank_ce_merge_kernel, in partial
 // [2 * splits + 1, rows], the split's running log-sum-exp (max in row y, sum in row splits + y)
 // and, from the split that holds the row's target, the target's logit (row 2 * splits).
-template <typename Target>
+template <typename Target, Precision P>
 __global__ void __launch_bounds__(bank::kThreads)
     bank_ce_rows_kernel(const float* __restrict__ q,  // [rows, d]
                         int64_t rows,
@@ -132,8 +132,8 @@ __global__ void __launch_bounds__(bank::kThreads)
   const int64_t col_end = cols - col_begin < cols_per_split ? cols : col_begin + cols_per_split;
   RunningLse run;
   float picked;
-  bank::row_lse_pass(q, rows, g, col_begin, col_end, d, row0, 1.0f / *tau, load, target, smem, run,
-                     picked);
+  bank::row_lse_pass(q, rows, g, col_begin, col_end, d, row0, 1.0f / *tau, load, P, target, smem,
+                     run, picked);
   const int64_t row = row0 + threadIdx.x;
   if (threadIdx.x >= kTileRows || row >= rows) return;
   const int64_t t = target(row);
@@ -174,21 +174,21 @@ __global__ void __launch_bounds__(kMergeThreads)
 
 // Per-row cross entropy of q [rows, d] against g [cols, d]: the forward of bank_ce and the
 // scoring of the ensemble.
-template <typename Target>
+template <Precision P, typename Target>
 void rows_forward(const float* q, int64_t rows, const float* g, int64_t cols, int64_t d,
                   const float* tau, Target target, float* lse, float* loss, cudaStream_t stream) {
   const Access load = detail::choose_access(q, g, d);
   const BankSplit split = split_bank(rows, cols, kTargetBlocks);
   if (split.splits == 1) {
-    MMFL_LAUNCH(bank_ce_rows_kernel<Target>, tile_grid(rows, split), bank::kThreads, 0, stream)
+    MMFL_LAUNCH((bank_ce_rows_kernel<Target, P>), tile_grid(rows, split), bank::kThreads, 0, stream)
     (q, rows, g, cols, d, tau, target, split.cols_per_split, lse, loss, nullptr, load);
-    MMFL_CHECK_LAUNCH(bank_ce_rows_kernel<Target>);
+    MMFL_CHECK_LAUNCH(bank_ce_rows_kernel);
     return;
   }
   const StreamScratch partial((2 * split.splits + 1) * rows, stream);
-  MMFL_LAUNCH(bank_ce_rows_kernel<Target>, tile_grid(rows, split), bank::kThreads, 0, stream)
+  MMFL_LAUNCH((bank_ce_rows_kernel<Target, P>), tile_grid(rows, split), bank::kThreads, 0, stream)
   (q, rows, g, cols, d, tau, target, split.cols_per_split, nullptr, nullptr, partial.get(), load);
-  MMFL_CHECK_LAUNCH(bank_ce_rows_kernel<Target>);
+  MMFL_CHECK_LAUNCH(bank_ce_rows_kernel);
   MMFL_LAUNCH(bank_ce_merge_kernel<Target>, static_cast<unsigned>(ceil_div(rows, kMergeThreads)),
               kMergeThreads, 0, stream)
   (partial.get(), split.splits, rows, cols, target, lse, loss);
@@ -238,7 +238,7 @@ struct BankGradDs {
 };
 
 // Block (x, y): out rows [64x, 64x + 64) of split y, out = [splits, rows, d].
-template <typename Ds>
+template <typename Ds, Precision P>
 __global__ void __launch_bounds__(bank::kThreads)
     bank_ce_grad_kernel(const float* __restrict__ q,  // [rows, d] rows whose gradient is made
                         int64_t rows,
@@ -253,8 +253,9 @@ __global__ void __launch_bounds__(bank::kThreads)
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTileRows;
   const int64_t col_begin = static_cast<int64_t>(blockIdx.y) * cols_per_split;
   const int64_t col_end = cols - col_begin < cols_per_split ? cols : col_begin + cols_per_split;
-  bank::grad_rows_pass(q, rows, g, col_begin, col_end, d, row0, 1.0f / *tau, ds, load, space, smem,
-                       shared_accum, out + (static_cast<int64_t>(blockIdx.y) * rows + row0) * d);
+  bank::grad_rows_pass(q, rows, g, col_begin, col_end, d, row0, 1.0f / *tau, ds, load, P, space,
+                       smem, shared_accum,
+                       out + (static_cast<int64_t>(blockIdx.y) * rows + row0) * d);
 }
 
 constexpr int kSumThreads = 256;
@@ -275,28 +276,28 @@ __global__ void __launch_bounds__(kSumThreads)
 }
 
 // out [rows, d] = (1/tau) dL/dlogits [rows, cols] * g [cols, d], the logits recomputed.
-template <typename Ds>
+template <Precision P, typename Ds>
 void rows_backward(const float* q, int64_t rows, const float* g, int64_t cols, int64_t d,
                    const float* tau, const Ds& ds, Access load, float* out, cudaStream_t stream) {
   const AccumSpace space = bank::choose_accum_space(d);
   const size_t smem = bank::accum_shared_bytes(space, d);
   // More than 48 KiB of dynamic shared memory needs an explicit opt-in.
-  MMFL_CUDA_CHECK(cudaFuncSetAttribute(bank_ce_grad_kernel<Ds>,
+  MMFL_CUDA_CHECK(cudaFuncSetAttribute(bank_ce_grad_kernel<Ds, P>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(bank::kMaxSharedAccumBytes)));
   const int64_t row_bytes = rows * d * static_cast<int64_t>(sizeof(float));
   const BankSplit split =
       split_bank(rows, cols, std::max<int64_t>(1, kMaxPartialGradBytes / row_bytes));
   if (split.splits == 1) {
-    MMFL_LAUNCH(bank_ce_grad_kernel<Ds>, tile_grid(rows, split), bank::kThreads, smem, stream)
+    MMFL_LAUNCH((bank_ce_grad_kernel<Ds, P>), tile_grid(rows, split), bank::kThreads, smem, stream)
     (q, rows, g, cols, d, tau, ds, split.cols_per_split, out, load, space);
-    MMFL_CHECK_LAUNCH(bank_ce_grad_kernel<Ds>);
+    MMFL_CHECK_LAUNCH(bank_ce_grad_kernel);
     return;
   }
   const StreamScratch partial(split.splits * rows * d, stream);
-  MMFL_LAUNCH(bank_ce_grad_kernel<Ds>, tile_grid(rows, split), bank::kThreads, smem, stream)
+  MMFL_LAUNCH((bank_ce_grad_kernel<Ds, P>), tile_grid(rows, split), bank::kThreads, smem, stream)
   (q, rows, g, cols, d, tau, ds, split.cols_per_split, partial.get(), load, space);
-  MMFL_CHECK_LAUNCH(bank_ce_grad_kernel<Ds>);
+  MMFL_CHECK_LAUNCH(bank_ce_grad_kernel);
   const int64_t blocks = std::min<int64_t>(ceil_div(rows * d, kSumThreads), 8 * kTargetBlocks);
   MMFL_LAUNCH(sum_splits_kernel, static_cast<unsigned>(blocks), kSumThreads, 0, stream)
   (partial.get(), split.splits, rows * d, out);
@@ -374,31 +375,38 @@ void check_sizes(const char* fn, const char* rows_name, int64_t rows, int64_t n,
 }  // namespace
 
 void bank_ce_forward(const float* q, const float* bank, const int64_t* target, int64_t b, int64_t n,
-                     int64_t d, const float* tau, float* lse, float* loss, cudaStream_t stream) {
+                     int64_t d, const float* tau, float* lse, float* loss, Precision precision,
+                     cudaStream_t stream) {
   check_sizes("bank_ce_forward", "b (queries)", b, n, d, tau);
   MMFL_CHECK(q && bank && target && lse && loss,
              "bank_ce_forward: q, bank, target, lse and loss must not be null");
-  rows_forward(q, b, bank, n, d, tau, TargetArray{target}, lse, loss, stream);
+  detail::with_precision("bank_ce_forward", precision, [&](auto p) {
+    rows_forward<decltype(p)::value>(q, b, bank, n, d, tau, TargetArray{target}, lse, loss, stream);
+  });
 }
 
 void bank_ce_backward(const float* q, const float* bank, const int64_t* target, int64_t b,
                       int64_t n, int64_t d, const float* tau, const float* lse,
-                      const float* grad_loss, float* grad_q, float* grad_bank,
+                      const float* grad_loss, float* grad_q, float* grad_bank, Precision precision,
                       cudaStream_t stream) {
   check_sizes("bank_ce_backward", "b (queries)", b, n, d, tau);
   MMFL_CHECK(q && bank && target && lse && grad_loss && grad_q,
              "bank_ce_backward: q, bank, target, lse, grad_loss and grad_q must not be null");
   const Access load = detail::choose_access(q, bank, d);
-  rows_backward(q, b, bank, n, d, tau, QueryGradDs{target, lse, grad_loss}, load, grad_q, stream);
-  if (grad_bank != nullptr) {
-    rows_backward(bank, n, q, b, d, tau, BankGradDs{target, lse, grad_loss}, load, grad_bank,
-                  stream);
-  }
+  detail::with_precision("bank_ce_backward", precision, [&](auto p) {
+    constexpr Precision P = decltype(p)::value;
+    rows_backward<P>(q, b, bank, n, d, tau, QueryGradDs{target, lse, grad_loss}, load, grad_q,
+                     stream);
+    if (grad_bank != nullptr) {
+      rows_backward<P>(bank, n, q, b, d, tau, BankGradDs{target, lse, grad_loss}, load, grad_bank,
+                       stream);
+    }
+  });
 }
 
 void creamfl_ensemble(const float* local, const float* bank, int64_t k, int64_t n, int64_t d,
                       const float* tau, EnsembleWeighting weighting, float* weights, float* out,
-                      cudaStream_t stream) {
+                      Precision precision, cudaStream_t stream) {
   check_sizes("creamfl_ensemble", "k (clients)", k, n, d, tau);
   MMFL_CHECK(local && bank && weights && out,
              "creamfl_ensemble: local, bank, weights and out must not be null");
@@ -406,7 +414,10 @@ void creamfl_ensemble(const float* local, const float* bank, int64_t k, int64_t 
     case EnsembleWeighting::kContrastive:
       // CreamFL's global-local contrast: the k*n local rows against the one bank in one launch;
       // row c*n + j targets bank row j and its cross entropy lands in weights[c, j].
-      rows_forward(local, k * n, bank, n, d, tau, TargetRowModN{n}, nullptr, weights, stream);
+      detail::with_precision("creamfl_ensemble", precision, [&](auto p) {
+        rows_forward<decltype(p)::value>(local, k * n, bank, n, d, tau, TargetRowModN{n}, nullptr,
+                                         weights, stream);
+      });
       break;
     case EnsembleWeighting::kMean:
       break;

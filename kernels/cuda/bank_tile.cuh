@@ -7,12 +7,15 @@
 // thin kernels around these two passes.
 #pragma once
 
+#include <cuda_bf16.h>
 #include <math.h>
+#include <mma.h>  // nvcuda::wmma (under the SIMT emulator: mmfl/simt/wmma.h, through the shim)
 
 #include <cstddef>
 #include <cstdint>
 
 #include "common.cuh"
+#include "mmfl/kernels/common.h"
 #include "mmfl/kernels/launch.h"
 
 namespace mmfl::kernels::MMFL_KERNEL_NS::bank {
@@ -36,12 +39,120 @@ constexpr int kPaddedCols = kTileCols + 4;
 
 using detail::Access;  // float4 or scalar loads of the feature rows (common.cuh)
 
-// One kTileDepth-wide slice of d for both operands, transposed ([k][row]) so that a thread reads
-// the 4 rows (or columns) of its register block as one float4 (hence the 16-byte alignment).
-struct alignas(16) SliceSmem {
+// ---- Tensor cores (Precision::kTf32, kBf16)
+// ------------------------------------------------------ The tensor-core paths keep the tiling, the
+// staging and the log-sum-exp of the SIMT path and replace its two products (the logit tile,
+// dL/dlogits x bank) with nvcuda::wmma: the block's 8 warps each own a 16 x 32 strip of the 64 x 64
+// tile (two 16 x 16 fp32 accumulator fragments), and the finished tile goes through shared memory
+// to the SIMT path's 4 x 4 register blocks, so everything after the product is shared code. tf32
+// loads its fragments straight from the staged fp32 slices (rounded with __float_to_tf32); bf16
+// converts 16-deep slices to a bf16 copy first. wmma wants 256-bit aligned fragment pointers and
+// leading dimensions of whole 16-byte units: the padded rows (68 floats, 72 bf16) give both for
+// every fragment offset used below.
+namespace wmma = nvcuda::wmma;
+
+constexpr int kBf16Depth = 16;          // one m16n16k16 step
+constexpr int kBf16Ld = kTileRows + 8;  // 72 bf16 = 144 bytes a row
+constexpr int kWarps = kThreads / 32;   // 8: a 4 x 2 grid of 16 x 32 strips
+static_assert(kTileRows == 64 && kTileCols == 64 && kWarps == 8,
+              "the tensor-core paths tile 64 x 64 with 8 warps");
+
+struct alignas(32) Bf16Slice {
+  __nv_bfloat16 a[kBf16Depth][kBf16Ld];  // a[k][r] = A(r, k): a column-major A
+  __nv_bfloat16 b[kBf16Depth][kBf16Ld];  // b[k][c] = B(k, c): a row-major B
+};
+
+template <Precision P>
+struct TensorCore;
+template <>
+struct TensorCore<Precision::kTf32> {
+  static constexpr int kK = 8;
+  using Operand = wmma::precision::tf32;
+};
+template <>
+struct TensorCore<Precision::kBf16> {
+  static constexpr int kK = 16;
+  using Operand = __nv_bfloat16;
+};
+template <Precision P>
+using Accumulator = wmma::fragment<wmma::accumulator, 16, 16, TensorCore<P>::kK, float>;
+
+// The calling warp's strip of the tile: rows strip_row()..+16, columns strip_col()..+32.
+__device__ __forceinline__ int strip_row() {
+  return (static_cast<int>(threadIdx.x) / 32 / 2) * 16;
+}
+__device__ __forceinline__ int strip_col() {
+  return (static_cast<int>(threadIdx.x) / 32 % 2) * 32;
+}
+
+// acc += A B over `depth` (a multiple of 16) for the calling warp's strip, where A [64, depth] is
+// stored transposed (a_t[k][r], row stride lda) and B [depth, 64] as b[k][c] (row stride ldb), in
+// shared memory. All threads of the block call it: the bf16 path converts through `scratch` with
+// barriers; the tf32 path has none.
+template <Precision P>
+__device__ __forceinline__ void mma_strip(const float* a_t, int lda, const float* b, int ldb,
+                                          int depth, Bf16Slice& scratch, Accumulator<P> (&acc)[2]) {
+  using Tc = TensorCore<P>;
+  const int wr = strip_row(), wc = strip_col();
+  if constexpr (P == Precision::kTf32) {
+    for (int k = 0; k < depth; k += Tc::kK) {
+      wmma::fragment<wmma::matrix_a, 16, 16, Tc::kK, typename Tc::Operand, wmma::col_major> fa;
+      wmma::load_matrix_sync(fa, a_t + k * lda + wr, lda);
+#pragma unroll
+      for (int e = 0; e < fa.num_elements; ++e)
+        fa.x[e] = wmma::__float_to_tf32(fa.x[e]);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        wmma::fragment<wmma::matrix_b, 16, 16, Tc::kK, typename Tc::Operand, wmma::row_major> fb;
+        wmma::load_matrix_sync(fb, b + k * ldb + wc + 16 * j, ldb);
+#pragma unroll
+        for (int e = 0; e < fb.num_elements; ++e)
+          fb.x[e] = wmma::__float_to_tf32(fb.x[e]);
+        wmma::mma_sync(acc[j], fa, fb, acc[j]);
+      }
+    }
+  } else {
+    const int t = static_cast<int>(threadIdx.x);
+    for (int k0 = 0; k0 < depth; k0 += kBf16Depth) {
+      // 16 x 64 of each operand, 4 elements a thread each.
+#pragma unroll
+      for (int i = 0; i < kBf16Depth * kTileRows / kThreads; ++i) {
+        const int idx = t + i * kThreads;
+        const int k = idx / kTileRows, c = idx % kTileRows;
+        scratch.a[k][c] = __float2bfloat16_rn(a_t[(k0 + k) * lda + c]);
+        scratch.b[k][c] = __float2bfloat16_rn(b[(k0 + k) * ldb + c]);
+      }
+      __syncthreads();
+      wmma::fragment<wmma::matrix_a, 16, 16, Tc::kK, typename Tc::Operand, wmma::col_major> fa;
+      wmma::load_matrix_sync(fa, &scratch.a[0][wr], kBf16Ld);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        wmma::fragment<wmma::matrix_b, 16, 16, Tc::kK, typename Tc::Operand, wmma::row_major> fb;
+        wmma::load_matrix_sync(fb, &scratch.b[0][wc + 16 * j], kBf16Ld);
+        wmma::mma_sync(acc[j], fa, fb, acc[j]);
+      }
+      __syncthreads();  // the next step overwrites the scratch
+    }
+  }
+}
+
+// The staged fp32 slices of both operands, transposed ([k][row]) so that a thread reads the 4 rows
+// (or columns) of its register block as one float4 (hence the 16-byte alignment).
+struct alignas(32) SliceOperands {
   float q[kTileDepth][kPaddedRows];
   float g[kTileDepth][kPaddedCols];
 };
+// One kTileDepth-wide slice of d for both operands; the tensor-core paths reuse its bytes for the
+// finished logit tile and convert through `bf16`.
+struct alignas(32) SliceSmem {
+  union {
+    SliceOperands op;
+    float tile[kTileRows][kPaddedCols];
+  };
+  Bf16Slice bf16;
+};
+static_assert(sizeof(SliceOperands) == sizeof(float[kTileRows][kPaddedCols]),
+              "the logit tile reuses exactly the slice bytes");
 
 __device__ __forceinline__ int thread_col() {
   return static_cast<int>(threadIdx.x) % kThreadsX;
@@ -88,15 +199,60 @@ __device__ __forceinline__ void stage_slice(const float* __restrict__ src,  // [
   }
 }
 
+// The tensor-core logit tile (see logit_tile): the strips accumulate over all of d in fp32
+// fragments, then pass through smem.tile into every thread's 4 x 4 block.
+template <Precision P>
+__device__ __forceinline__ void logit_tile_tc(const float* __restrict__ q,  // [rows, d]
+                                              int64_t rows,
+                                              const float* __restrict__ g,  // [cols, d]
+                                              int64_t cols, int64_t d, int64_t row0, int64_t col0,
+                                              float inv_tau, Access load, SliceSmem& smem,
+                                              float (&s)[kMicro][kMicro]) {
+  Accumulator<P> acc[2];
+  wmma::fill_fragment(acc[0], 0.0f);
+  wmma::fill_fragment(acc[1], 0.0f);
+  for (int64_t k0 = 0; k0 < d; k0 += kTileDepth) {
+    stage_slice<kPaddedRows>(q, rows, d, row0, k0, smem.op.q, load);
+    stage_slice<kPaddedCols>(g, cols, d, col0, k0, smem.op.g, load);
+    __syncthreads();
+    mma_strip<P>(&smem.op.q[0][0], kPaddedRows, &smem.op.g[0][0], kPaddedCols, kTileDepth,
+                 smem.bf16, acc);
+    __syncthreads();  // every warp is done with the slices
+  }
+  const int wr = strip_row(), wc = strip_col();
+  wmma::store_matrix_sync(&smem.tile[wr][wc], acc[0], kPaddedCols, wmma::mem_row_major);
+  wmma::store_matrix_sync(&smem.tile[wr][wc + 16], acc[1], kPaddedCols, wmma::mem_row_major);
+  __syncthreads();
+  const int tx = thread_col();
+  const int ty = thread_row();
+#pragma unroll
+  for (int i = 0; i < kMicro; ++i) {
+    const float4 v = *reinterpret_cast<const float4*>(&smem.tile[ty * kMicro + i][tx * kMicro]);
+    s[i][0] = v.x * inv_tau;
+    s[i][1] = v.y * inv_tau;
+    s[i][2] = v.z * inv_tau;
+    s[i][3] = v.w * inv_tau;
+  }
+  __syncthreads();  // callers reuse smem right away
+}
+
 // s[i][j] = inv_tau * <q[row0 + ty*4 + i], g[col0 + tx*4 + j]>; rows or columns out of range give
 // 0 (callers mask them). All threads of the block call it; it ends with a barrier, so `smem` may
-// be reused right after.
+// be reused right after. `precision` is uniform over the grid.
 __device__ __forceinline__ void logit_tile(const float* __restrict__ q,  // [rows, d]
                                            int64_t rows,
                                            const float* __restrict__ g,  // [cols, d]
                                            int64_t cols, int64_t d, int64_t row0, int64_t col0,
-                                           float inv_tau, Access load, SliceSmem& smem,
-                                           float (&s)[kMicro][kMicro]) {
+                                           float inv_tau, Access load, Precision precision,
+                                           SliceSmem& smem, float (&s)[kMicro][kMicro]) {
+  if (precision == Precision::kTf32) {
+    logit_tile_tc<Precision::kTf32>(q, rows, g, cols, d, row0, col0, inv_tau, load, smem, s);
+    return;
+  }
+  if (precision == Precision::kBf16) {
+    logit_tile_tc<Precision::kBf16>(q, rows, g, cols, d, row0, col0, inv_tau, load, smem, s);
+    return;
+  }
   const int tx = thread_col();
   const int ty = thread_row();
 #pragma unroll
@@ -106,13 +262,13 @@ __device__ __forceinline__ void logit_tile(const float* __restrict__ q,  // [row
       s[i][j] = 0.0f;
   }
   for (int64_t k0 = 0; k0 < d; k0 += kTileDepth) {
-    stage_slice<kPaddedRows>(q, rows, d, row0, k0, smem.q, load);
-    stage_slice<kPaddedCols>(g, cols, d, col0, k0, smem.g, load);
+    stage_slice<kPaddedRows>(q, rows, d, row0, k0, smem.op.q, load);
+    stage_slice<kPaddedCols>(g, cols, d, col0, k0, smem.op.g, load);
     __syncthreads();
 #pragma unroll 8
     for (int k = 0; k < kTileDepth; ++k) {
-      const float4 a = *reinterpret_cast<const float4*>(&smem.q[k][ty * kMicro]);
-      const float4 b = *reinterpret_cast<const float4*>(&smem.g[k][tx * kMicro]);
+      const float4 a = *reinterpret_cast<const float4*>(&smem.op.q[k][ty * kMicro]);
+      const float4 b = *reinterpret_cast<const float4*>(&smem.op.g[k][tx * kMicro]);
       const float av[kMicro] = {a.x, a.y, a.z, a.w};
       const float bv[kMicro] = {b.x, b.y, b.z, b.w};
 #pragma unroll
@@ -205,8 +361,8 @@ __device__ __forceinline__ void row_lse_pass(const float* __restrict__ q,  // [r
                                              const float* __restrict__ g,  // [>= col_end, d]
                                              int64_t col_begin, int64_t col_end, int64_t d,
                                              int64_t row0, float inv_tau, Access load,
-                                             const Target& target, RowLseSmem& smem,
-                                             RunningLse& run, float& picked) {
+                                             Precision precision, const Target& target,
+                                             RowLseSmem& smem, RunningLse& run, float& picked) {
   const int tx = thread_col();
   const int ty = thread_row();
   // Targets relative to this thread's first column of the current tile (-1: none in the range);
@@ -224,7 +380,7 @@ __device__ __forceinline__ void row_lse_pass(const float* __restrict__ q,  // [r
   }
   for (int64_t col0 = col_begin; col0 < col_end; col0 += kTileCols) {
     float s[kMicro][kMicro];
-    logit_tile(q, rows, g, col_end, d, row0, col0, inv_tau, load, smem.slice, s);
+    logit_tile(q, rows, g, col_end, d, row0, col0, inv_tau, load, precision, smem.slice, s);
     lse_fold_tile(s, col0 + tx * kMicro, col_end, mine);
     const int tile = static_cast<int>(col0 - col_begin);
 #pragma unroll
@@ -270,10 +426,12 @@ inline size_t accum_shared_bytes(AccumSpace space, int64_t d) {
 }
 
 // The logit slices, then (reusing the same bytes) dL/dlogits of the tile transposed [col][row]
-// and a 64 x 64 chunk of the bank rows.
-struct alignas(16) ProductSmem {
+// and a 64 x 64 chunk of the bank rows; the tensor-core paths then reuse `g` for the product and
+// convert through `bf16`.
+struct alignas(32) ProductSmem {
   float p[kTileCols][kPaddedRows];
   float g[kTileCols][kPaddedCols];
+  Bf16Slice bf16;
 };
 union GradSmem {
   SliceSmem slice;
@@ -311,6 +469,31 @@ __device__ __forceinline__ void stage_bank_chunk(const float* __restrict__ bank_
   }
 }
 
+// o = this thread's 4 x 4 block of p^T g (dL/dlogits [64 rows, 64 cols] x bank chunk [64, 64]) on
+// tensor cores; `smem.g` holds the product afterwards. All threads of the block call it.
+template <Precision P>
+__device__ __forceinline__ void product_tc(ProductSmem& smem, float (&o)[kMicro][kMicro]) {
+  Accumulator<P> acc[2];
+  wmma::fill_fragment(acc[0], 0.0f);
+  wmma::fill_fragment(acc[1], 0.0f);
+  mma_strip<P>(&smem.p[0][0], kPaddedRows, &smem.g[0][0], kPaddedCols, kTileCols, smem.bf16, acc);
+  __syncthreads();  // every warp is done reading g
+  const int wr = strip_row(), wc = strip_col();
+  wmma::store_matrix_sync(&smem.g[wr][wc], acc[0], kPaddedCols, wmma::mem_row_major);
+  wmma::store_matrix_sync(&smem.g[wr][wc + 16], acc[1], kPaddedCols, wmma::mem_row_major);
+  __syncthreads();
+  const int tx = thread_col();
+  const int ty = thread_row();
+#pragma unroll
+  for (int i = 0; i < kMicro; ++i) {
+    const float4 v = *reinterpret_cast<const float4*>(&smem.g[ty * kMicro + i][tx * kMicro]);
+    o[i][0] = v.x;
+    o[i][1] = v.y;
+    o[i][2] = v.z;
+    o[i][3] = v.w;
+  }
+}
+
 // out[r - row0] = inv_tau * sum_{c in [col_begin, col_end)} ds(r, c) g_c for the block's rows
 // r in [row0, row0 + kTileRows) that are < rows: the logit tiles <q_r, g_c> * inv_tau are
 // recomputed and the policy `Ds` turns each into dL/dlogit[r, c]:
@@ -327,7 +510,8 @@ __device__ __forceinline__ void grad_rows_pass(const float* __restrict__ q,  // 
                                                const float* __restrict__ g,  // [>= col_end, d]
                                                int64_t col_begin, int64_t col_end, int64_t d,
                                                int64_t row0, float inv_tau, const Ds& ds,
-                                               Access load, AccumSpace space, GradSmem& smem,
+                                               Access load, Precision precision, AccumSpace space,
+                                               GradSmem& smem,
                                                float* shared_accum,        // [64, d] if kShared
                                                float* __restrict__ out) {  // [rows - row0, d]
   const int tx = thread_col();
@@ -355,7 +539,7 @@ __device__ __forceinline__ void grad_rows_pass(const float* __restrict__ q,  // 
 
   for (int64_t col0 = col_begin; col0 < col_end; col0 += kTileCols) {
     float s[kMicro][kMicro];
-    logit_tile(q, rows, g, col_end, d, row0, col0, inv_tau, load, smem.slice, s);
+    logit_tile(q, rows, g, col_end, d, row0, col0, inv_tau, load, precision, smem.slice, s);
     // dL/dlogits of the tile into shared memory, transposed: p[c][r]. Rows or columns out of
     // range get 0 so that they add nothing to the product.
 #pragma unroll
@@ -377,17 +561,23 @@ __device__ __forceinline__ void grad_rows_pass(const float* __restrict__ q,  // 
       stage_bank_chunk(g, col_end, d, col0, dc0, smem.product.g, load);
       __syncthreads();  // also orders the dS stores above before the first chunk's reads
       float o[kMicro][kMicro] = {};
+      if (precision == Precision::kTf32) {
+        product_tc<Precision::kTf32>(smem.product, o);
+      } else if (precision == Precision::kBf16) {
+        product_tc<Precision::kBf16>(smem.product, o);
+      } else {
 #pragma unroll 8
-      for (int kk = 0; kk < kTileCols; ++kk) {
-        const float4 a = *reinterpret_cast<const float4*>(&smem.product.p[kk][ty * kMicro]);
-        const float4 b = *reinterpret_cast<const float4*>(&smem.product.g[kk][tx * kMicro]);
-        const float av[kMicro] = {a.x, a.y, a.z, a.w};
-        const float bv[kMicro] = {b.x, b.y, b.z, b.w};
+        for (int kk = 0; kk < kTileCols; ++kk) {
+          const float4 a = *reinterpret_cast<const float4*>(&smem.product.p[kk][ty * kMicro]);
+          const float4 b = *reinterpret_cast<const float4*>(&smem.product.g[kk][tx * kMicro]);
+          const float av[kMicro] = {a.x, a.y, a.z, a.w};
+          const float bv[kMicro] = {b.x, b.y, b.z, b.w};
 #pragma unroll
-        for (int i = 0; i < kMicro; ++i) {
+          for (int i = 0; i < kMicro; ++i) {
 #pragma unroll
-          for (int j = 0; j < kMicro; ++j)
-            o[i][j] += av[i] * bv[j];
+            for (int j = 0; j < kMicro; ++j)
+              o[i][j] += av[i] * bv[j];
+          }
         }
       }
       const int64_t c = dc0 + tx * kMicro;

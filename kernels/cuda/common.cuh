@@ -4,7 +4,10 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
+#include "mmfl/error.h"
+#include "mmfl/kernels/common.h"
 #include "mmfl/kernels/launch.h"
 
 namespace mmfl::kernels::MMFL_KERNEL_NS::detail {
@@ -43,6 +46,27 @@ inline Access choose_access(const float* a, const float* b, int64_t row_length) 
   const bool aligned =
       reinterpret_cast<uintptr_t>(a) % 16 == 0 && reinterpret_cast<uintptr_t>(b) % 16 == 0;
   return aligned && row_length % 4 == 0 ? Access::kVector4 : Access::kScalar;
+}
+
+// Calls f(std::integral_constant<Precision, P>{}) for the runtime `precision`: every precision
+// gets kernel instantiations of its own, so the fp32 kernels keep their registers and occupancy
+// (one kernel holding all three paths needed about twice the fp32 path's registers).
+template <typename F>
+void with_precision(const char* fn, Precision precision, F&& f) {
+  switch (precision) {
+    case Precision::kFp32:
+      f(std::integral_constant<Precision, Precision::kFp32>{});
+      return;
+    case Precision::kTf32:
+      f(std::integral_constant<Precision, Precision::kTf32>{});
+      return;
+    case Precision::kBf16:
+      f(std::integral_constant<Precision, Precision::kBf16>{});
+      return;
+    default:
+      MMFL_FAIL(fn, ": unknown Precision ", static_cast<int>(precision),
+                " (expected kFp32, kTf32 or kBf16)");
+  }
 }
 
 }  // namespace mmfl::kernels::MMFL_KERNEL_NS::detail

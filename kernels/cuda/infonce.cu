@@ -23,6 +23,7 @@ using detail::Access;
 constexpr int kReduceThreads = 512;
 
 // lse[r] = logsumexp_c <q_r, g_c> / tau for the rows of this block.
+template <Precision P>
 __global__ void __launch_bounds__(bank::kThreads)
     row_lse_kernel(const float* __restrict__ q,  // [rows, d]
                    int64_t rows,
@@ -35,8 +36,8 @@ __global__ void __launch_bounds__(bank::kThreads)
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTileRows;
   bank::RunningLse run;
   float unused;
-  bank::row_lse_pass(q, rows, g, 0, cols, d, row0, 1.0f / *tau, load, bank::NoTarget{}, smem, run,
-                     unused);
+  bank::row_lse_pass(q, rows, g, 0, cols, d, row0, 1.0f / *tau, load, P, bank::NoTarget{}, smem,
+                     run, unused);
   const int64_t row = row0 + threadIdx.x;
   if (threadIdx.x < kTileRows && row < rows) lse[row] = run.max + logf(run.sum);
 }
@@ -114,6 +115,7 @@ struct InfonceDs {
 // grad_q[r] = (1/tau) sum_c dS[r][c] g_c over the whole bank. Launched for (img, txt) ->
 // grad_img and for (txt, img) -> grad_txt (dS^T has the same form with the two log-sum-exps
 // swapped); each block owns 64 rows of the output.
+template <Precision P>
 __global__ void __launch_bounds__(bank::kThreads)
     infonce_grad_kernel(const float* __restrict__ q,  // [n, d] rows whose gradient is made
                         const float* __restrict__ g,  // [n, d] the bank
@@ -128,7 +130,7 @@ __global__ void __launch_bounds__(bank::kThreads)
   MMFL_DYNAMIC_SHARED(float, shared_accum);  // [64, d] when space == kShared
   const InfonceDs ds{lse_q, lse_g, *grad_loss / (2.0f * static_cast<float>(n))};
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTileRows;
-  bank::grad_rows_pass(q, n, g, 0, n, d, row0, 1.0f / *tau, ds, load, space, smem, shared_accum,
+  bank::grad_rows_pass(q, n, g, 0, n, d, row0, 1.0f / *tau, ds, load, P, space, smem, shared_accum,
                        grad_q + row0 * d);
 }
 
@@ -148,17 +150,21 @@ unsigned row_blocks(int64_t n) {
 }  // namespace
 
 void infonce_forward(const float* img, const float* txt, int64_t n, int64_t d, const float* tau,
-                     float* loss, float* lse_img, float* lse_txt, cudaStream_t stream) {
+                     float* loss, float* lse_img, float* lse_txt, Precision precision,
+                     cudaStream_t stream) {
   check_args("infonce_forward", img, txt, n, d, tau);
   MMFL_CHECK(loss != nullptr && lse_img != nullptr && lse_txt != nullptr,
              "infonce_forward: loss, lse_img and lse_txt must not be null");
   const Access load = detail::choose_access(img, txt, d);
-  MMFL_LAUNCH(row_lse_kernel, row_blocks(n), bank::kThreads, 0, stream)
-  (img, n, txt, n, d, tau, lse_img, load);
-  MMFL_CHECK_LAUNCH(row_lse_kernel);
-  MMFL_LAUNCH(row_lse_kernel, row_blocks(n), bank::kThreads, 0, stream)
-  (txt, n, img, n, d, tau, lse_txt, load);
-  MMFL_CHECK_LAUNCH(row_lse_kernel);
+  detail::with_precision("infonce_forward", precision, [&](auto p) {
+    constexpr Precision P = decltype(p)::value;
+    MMFL_LAUNCH(row_lse_kernel<P>, row_blocks(n), bank::kThreads, 0, stream)
+    (img, n, txt, n, d, tau, lse_img, load);
+    MMFL_CHECK_LAUNCH(row_lse_kernel);
+    MMFL_LAUNCH(row_lse_kernel<P>, row_blocks(n), bank::kThreads, 0, stream)
+    (txt, n, img, n, d, tau, lse_txt, load);
+    MMFL_CHECK_LAUNCH(row_lse_kernel);
+  });
   MMFL_LAUNCH(infonce_loss_kernel, 1, kReduceThreads, 0, stream)
   (img, txt, n, d, tau, lse_img, lse_txt, loss);
   MMFL_CHECK_LAUNCH(infonce_loss_kernel);
@@ -166,7 +172,8 @@ void infonce_forward(const float* img, const float* txt, int64_t n, int64_t d, c
 
 void infonce_backward(const float* img, const float* txt, int64_t n, int64_t d, const float* tau,
                       const float* lse_img, const float* lse_txt, const float* grad_loss,
-                      float* grad_img, float* grad_txt, float* grad_tau, cudaStream_t stream) {
+                      float* grad_img, float* grad_txt, float* grad_tau, Precision precision,
+                      cudaStream_t stream) {
   check_args("infonce_backward", img, txt, n, d, tau);
   MMFL_CHECK(lse_img != nullptr && lse_txt != nullptr && grad_loss != nullptr,
              "infonce_backward: lse_img, lse_txt and grad_loss must not be null");
@@ -175,16 +182,19 @@ void infonce_backward(const float* img, const float* txt, int64_t n, int64_t d, 
   const Access load = detail::choose_access(img, txt, d);
   const AccumSpace space = bank::choose_accum_space(d);
   const size_t smem = bank::accum_shared_bytes(space, d);
-  // More than 48 KiB of dynamic shared memory needs an explicit opt-in.
-  MMFL_CUDA_CHECK(cudaFuncSetAttribute(infonce_grad_kernel,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(bank::kMaxSharedAccumBytes)));
-  MMFL_LAUNCH(infonce_grad_kernel, row_blocks(n), bank::kThreads, smem, stream)
-  (img, txt, n, d, tau, lse_img, lse_txt, grad_loss, grad_img, load, space);
-  MMFL_CHECK_LAUNCH(infonce_grad_kernel);
-  MMFL_LAUNCH(infonce_grad_kernel, row_blocks(n), bank::kThreads, smem, stream)
-  (txt, img, n, d, tau, lse_txt, lse_img, grad_loss, grad_txt, load, space);
-  MMFL_CHECK_LAUNCH(infonce_grad_kernel);
+  detail::with_precision("infonce_backward", precision, [&](auto p) {
+    constexpr Precision P = decltype(p)::value;
+    // More than 48 KiB of dynamic shared memory needs an explicit opt-in.
+    MMFL_CUDA_CHECK(cudaFuncSetAttribute(infonce_grad_kernel<P>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(bank::kMaxSharedAccumBytes)));
+    MMFL_LAUNCH(infonce_grad_kernel<P>, row_blocks(n), bank::kThreads, smem, stream)
+    (img, txt, n, d, tau, lse_img, lse_txt, grad_loss, grad_img, load, space);
+    MMFL_CHECK_LAUNCH(infonce_grad_kernel);
+    MMFL_LAUNCH(infonce_grad_kernel<P>, row_blocks(n), bank::kThreads, smem, stream)
+    (txt, img, n, d, tau, lse_txt, lse_img, grad_loss, grad_txt, load, space);
+    MMFL_CHECK_LAUNCH(infonce_grad_kernel);
+  });
   MMFL_LAUNCH(infonce_grad_tau_kernel, 1, kReduceThreads, 0, stream)
   (img, grad_img, n, d, tau, grad_tau);
   MMFL_CHECK_LAUNCH(infonce_grad_tau_kernel);

@@ -193,6 +193,12 @@ const char* warp_op_name(WarpOp op) {
       return "__any_sync";
     case WarpOp::kAll:
       return "__all_sync";
+    case WarpOp::kWmmaLoad:
+      return "nvcuda::wmma::load_matrix_sync";
+    case WarpOp::kWmmaStore:
+      return "nvcuda::wmma::store_matrix_sync";
+    case WarpOp::kWmmaMma:
+      return "nvcuda::wmma::mma_sync";
     default:
       MMFL_FAIL("unknown warp collective ", static_cast<int>(op));
   }
@@ -330,6 +336,13 @@ class BlockState {
                          "; it must be a power of 2 in [1, 32]"));
     }
     const unsigned effective = mask & warp.existing;
+    const bool gather = is_gather(op);
+    if (gather && (mask != 0xffffffffu || warp.existing != 0xffffffffu || size != kGatherBytes)) {
+      fail_locked(concat(thread_name(), " called ", warp_op_name(op),
+                         mask != 0xffffffffu ? concat(" with mask ", hex(mask))
+                                             : concat(" in a warp of lanes ", hex(warp.existing)),
+                         "; a wmma operation is collective over all 32 lanes of a full warp"));
+    }
     if ((effective & warp.exited) != 0) {
       fail_locked(concat(thread_name(), " called ", warp_op_name(op), " with mask ", hex(mask),
                          " but lanes ", hex(effective & warp.exited),
@@ -367,7 +380,11 @@ class BlockState {
       if (!c.complete) throw Aborted{};
       --c.readers;
     }
-    if (size > 0 && result != nullptr) std::memcpy(result, c.results[lane], size);
+    if (gather) {
+      std::memcpy(result, c.values, sizeof c.values);
+    } else if (size > 0 && result != nullptr) {
+      std::memcpy(result, c.results[lane], size);
+    }
     if (c.readers == 0) warp.pending.erase(it);
   }
 
@@ -423,7 +440,13 @@ class BlockState {
   //   segmask = 32 - width; max_lane = (lane & segmask) | (clamp & ~segmask), clamp 0 for .up,
   //   31 otherwise; j = source lane by mode; if j is beyond max_lane (below it for .up) the lane
   //   keeps its own value.
+  static bool is_gather(WarpOp op) {
+    return op == WarpOp::kWmmaLoad || op == WarpOp::kWmmaStore || op == WarpOp::kWmmaMma;
+  }
+  static constexpr std::size_t kGatherBytes = 16;
+
   static void compute_results(Collective& c) {
+    if (is_gather(c.op)) return;  // every lane copies all values out
     unsigned ballot = 0;
     for (unsigned l = 0; l < 32; ++l) {
       if ((c.effective >> l & 1u) != 0) {

@@ -50,6 +50,20 @@ TEST(InfoNceOp, ClipLossImplsAgree) {
                               clip_loss(a, b, 0.07, InfoNceImpl::kComposed), 1e-4, 1e-5));
 }
 
+// The precision option picks the CUDA path's arithmetic; CPU tensors compute in fp32 whatever it
+// says (same bits, forward and backward).
+TEST(InfoNceOp, PrecisionDoesNotChangeTheCpuPath) {
+  torch::manual_seed(6);
+  const auto i = torch::randn({40, 24}), t = torch::randn({40, 24});
+  auto i1 = i.clone().requires_grad_(), i2 = i.clone().requires_grad_();
+  const auto a = ops::infonce(i1, t, torch::full({1}, 0.2f));
+  const auto b = ops::infonce(i2, t, torch::full({1}, 0.2f), kernels::Precision::kBf16);
+  EXPECT_TRUE(torch::equal(a, b));
+  a.backward();
+  b.backward();
+  EXPECT_TRUE(torch::equal(i1.grad(), i2.grad()));
+}
+
 TEST(InfoNceOp, BadShapesAreRefused) {
   EXPECT_THROW(ops::infonce(torch::randn({4, 3}), torch::randn({4, 2}), torch::ones({1})), Error);
   EXPECT_THROW(ops::infonce(torch::randn({4, 3}), torch::randn({4, 3}), torch::ones({2})), Error);

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <random>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "backend.h"
+#include "mmfl/error.h"
 #include "ops.h"
 #include "test_util.h"
 
@@ -22,6 +24,7 @@ namespace {
 
 using kernels::Accumulator;
 using kernels::EnsembleWeighting;
+using kernels::Precision;
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
@@ -56,8 +59,31 @@ std::vector<float> unit_rows(std::mt19937_64& rng, int64_t rows, int64_t d) {
 
 // fp32 bounds shared by the GEMM-shaped ops: log-sum-exps and losses to 2e-5 of their scale,
 // gradients to 1e-4 of the terms they add up (logits up to 1 / tau = 10).
-OpCase infonce_case(int64_t n, int64_t d) {
-  return {"infonce_n" + std::to_string(n) + "_d" + std::to_string(d), [=](std::mt19937_64& rng) {
+// The tensor-core paths round the operands of both products (unit-norm rows, so a logit moves by
+// up to ~2^-10 / tau for tf32 and ~2^-7 / tau for bf16 in the worst case, far less on average):
+// every output to 1e-3 (tf32) or 1e-2 (bf16) of its scale, relative and absolute, with the
+// logit scale 1 / tau as the floor of the log-sum-exps and losses. Measured on the emulator (four
+// seeds): at most 35% of these bounds for the gradients, 13% for log-sum-exps and losses.
+double tc_bound(Precision p, double fp32_bound) {
+  switch (p) {
+    case Precision::kFp32:
+      return fp32_bound;
+    case Precision::kTf32:
+      return 1e-3;
+    case Precision::kBf16:
+      return 1e-2;
+    default:
+      MMFL_FAIL("unknown Precision ", static_cast<int>(p));
+  }
+}
+
+std::string precision_suffix(Precision p) {
+  return p == Precision::kFp32 ? "" : std::string("_") + kernels::precision_name(p);
+}
+
+OpCase infonce_case(int64_t n, int64_t d, Precision p = Precision::kFp32) {
+  return {"infonce_n" + std::to_string(n) + "_d" + std::to_string(d) + precision_suffix(p),
+          [=](std::mt19937_64& rng) {
             const auto img = unit_rows(rng, n, d), txt = unit_rows(rng, n, d);
             const float tau = std::uniform_real_distribution<float>(0.1f, 1.0f)(rng);
             const float g = 1.5f;
@@ -69,22 +95,25 @@ OpCase infonce_case(int64_t n, int64_t d) {
               for (auto* b : {&loss, &li, &lt, &gi, &gt, &gtau})
                 b->fill(kNaN);
               ops::infonce_forward(be, d_img.get(), d_txt.get(), n, d, d_tau.get(), loss.get(),
-                                   li.get(), lt.get());
+                                   li.get(), lt.get(), p);
               ops::infonce_backward(be, d_img.get(), d_txt.get(), n, d, d_tau.get(), li.get(),
-                                    lt.get(), d_g.get(), gi.get(), gt.get(), gtau.get());
+                                    lt.get(), d_g.get(), gi.get(), gt.get(), gtau.get(), p);
               const double terms = g / (double(n) * tau);
-              return std::vector<Output>{{"loss", loss.download(), 2e-5, 2e-5, 1},
-                                         {"lse_img", li.download(), 2e-5, 2e-5, 1},
-                                         {"lse_txt", lt.download(), 2e-5, 2e-5, 1},
-                                         {"grad_img", gi.download(), 1e-4, 1e-4, terms},
-                                         {"grad_txt", gt.download(), 1e-4, 1e-4, terms},
-                                         {"grad_tau", gtau.download(), 1e-4, 1e-4, terms / tau}};
+              const double f = tc_bound(p, 2e-5), b = tc_bound(p, 1e-4);
+              const double logits = p == Precision::kFp32 ? 1 : 1 / tau;
+              return std::vector<Output>{{"loss", loss.download(), f, f, logits},
+                                         {"lse_img", li.download(), f, f, logits},
+                                         {"lse_txt", lt.download(), f, f, logits},
+                                         {"grad_img", gi.download(), b, b, terms},
+                                         {"grad_txt", gt.download(), b, b, terms},
+                                         {"grad_tau", gtau.download(), b, b, terms / tau}};
             });
           }};
 }
 
-OpCase bank_ce_case(int64_t b, int64_t n, int64_t d) {
-  return {"bank_ce_b" + std::to_string(b) + "_n" + std::to_string(n) + "_d" + std::to_string(d),
+OpCase bank_ce_case(int64_t b, int64_t n, int64_t d, Precision p = Precision::kFp32) {
+  return {"bank_ce_b" + std::to_string(b) + "_n" + std::to_string(n) + "_d" + std::to_string(d) +
+              precision_suffix(p),
           [=](std::mt19937_64& rng) {
             const auto q = unit_rows(rng, b, d), bank = unit_rows(rng, n, d);
             std::vector<int64_t> target(b);
@@ -100,24 +129,28 @@ OpCase bank_ce_case(int64_t b, int64_t n, int64_t d) {
               for (auto* x : {&lse, &loss, &gq, &gb})
                 x->fill(kNaN);
               ops::bank_ce_forward(be, d_q.get(), d_bank.get(), d_t.get(), b, n, d, d_tau.get(),
-                                   lse.get(), loss.get());
+                                   lse.get(), loss.get(), p);
               ops::bank_ce_backward(be, d_q.get(), d_bank.get(), d_t.get(), b, n, d, d_tau.get(),
-                                    lse.get(), d_g.get(), gq.get(), gb.get());
+                                    lse.get(), d_g.get(), gq.get(), gb.get(), p);
               double gmax = 0;
               for (float x : g)
                 gmax = std::max(gmax, double(std::fabs(x)));
               const double terms = gmax / tau;
-              return std::vector<Output>{{"lse", lse.download(), 2e-5, 2e-5, 1},
-                                         {"loss", loss.download(), 2e-5, 2e-5, 1},
-                                         {"grad_q", gq.download(), 1e-4, 1e-4, terms},
-                                         {"grad_bank", gb.download(), 1e-4, 1e-4, terms}};
+              const double f = tc_bound(p, 2e-5), bo = tc_bound(p, 1e-4);
+              const double logits = p == Precision::kFp32 ? 1 : 1 / tau;
+              return std::vector<Output>{{"lse", lse.download(), f, f, logits},
+                                         {"loss", loss.download(), f, f, logits},
+                                         {"grad_q", gq.download(), bo, bo, terms},
+                                         {"grad_bank", gb.download(), bo, bo, terms}};
             });
           }};
 }
 
-OpCase ensemble_case(int64_t k, int64_t n, int64_t d, EnsembleWeighting w) {
+OpCase ensemble_case(int64_t k, int64_t n, int64_t d, EnsembleWeighting w,
+                     Precision p = Precision::kFp32) {
   return {"ensemble_" + std::string(w == EnsembleWeighting::kMean ? "mean" : "contrastive") + "_k" +
-              std::to_string(k) + "_n" + std::to_string(n) + "_d" + std::to_string(d),
+              std::to_string(k) + "_n" + std::to_string(n) + "_d" + std::to_string(d) +
+              precision_suffix(p),
           [=](std::mt19937_64& rng) {
             const auto local = unit_rows(rng, k * n, d), bank = unit_rows(rng, n, d);
             const float tau = std::uniform_real_distribution<float>(0.1f, 1.0f)(rng);
@@ -127,10 +160,14 @@ OpCase ensemble_case(int64_t k, int64_t n, int64_t d, EnsembleWeighting w) {
               weights.fill(kNaN);
               out.fill(kNaN);
               ops::creamfl_ensemble(be, d_local.get(), d_bank.get(), k, n, d, d_tau.get(), w,
-                                    weights.get(), out.get());
-              // Weights are softmaxes of fp32 score differences.
-              return std::vector<Output>{{"weights", weights.download(), 1e-4, 2e-5, 1},
-                                         {"out", out.download(), 1e-4, 1e-4, 1}};
+                                    weights.get(), out.get(), p);
+              // Weights are softmaxes of fp32 score differences (the scores are cross entropies
+              // over the bank: with tensor cores they carry the logits' error, up to the logit
+              // scale 1 / tau).
+              const double wr = tc_bound(p, 1e-4), wa = tc_bound(p, 2e-5);
+              const double logits = p == Precision::kFp32 ? 1 : 1 / tau;
+              return std::vector<Output>{{"weights", weights.download(), wr, wa, logits},
+                                         {"out", out.download(), wr, tc_bound(p, 1e-4), 1}};
             });
           }};
 }
@@ -189,6 +226,26 @@ const std::vector<OpCase>& registry() {
   return cases;
 }
 
+// The tensor-core paths (device backends only): each GEMM-shaped op per precision, sizes that are
+// not multiples of 16 (the fragment) or of 64 (the tile), d below one fragment step and across
+// several 32-deep slices, and a bank split over blocks.
+const std::vector<OpCase>& tensor_core_registry() {
+  static const std::vector<OpCase> cases = [] {
+    std::vector<OpCase> c;
+    for (Precision p : {Precision::kTf32, Precision::kBf16}) {
+      // Sizes kept small: under ThreadSanitizer every wmma call is a 32-thread rendezvous.
+      for (auto [n, d] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {37, 5}, {70, 67}})
+        c.push_back(infonce_case(n, d, p));
+      for (auto [b, n, d] :
+           std::vector<std::tuple<int64_t, int64_t, int64_t>>{{65, 131, 32}, {3, 700, 19}})
+        c.push_back(bank_ce_case(b, n, d, p));
+      c.push_back(ensemble_case(3, 131, 17, EnsembleWeighting::kContrastive, p));
+    }
+    return c;
+  }();
+  return cases;
+}
+
 double max_abs(const std::vector<float>& v) {
   double m = 0;
   for (float x : v)
@@ -196,15 +253,12 @@ double max_abs(const std::vector<float>& v) {
   return m;
 }
 
-class OpRegistry : public ::testing::TestWithParam<std::tuple<Backend, size_t>> {};
-
-TEST_P(OpRegistry, MatchesReference) {
-  const auto [backend, index] = GetParam();
-  MMFL_SKIP_IF_UNAVAILABLE(backend);
+// Runs case `c` on `backend` and on the reference and compares every output within its bound.
+void expect_matches_reference(Backend backend, const OpCase& c) {
   const uint64_t seed = test_seed();
   SCOPED_TRACE(seed_trace(seed));
   std::mt19937_64 rng(seed);
-  const CaseRun run = registry()[index].make(rng);
+  const CaseRun run = c.make(rng);
   const std::vector<Output> want = run(Backend::kRef), got = run(backend);
   ASSERT_EQ(got.size(), want.size());
   for (size_t o = 0; o < want.size(); ++o) {
@@ -212,13 +266,137 @@ TEST_P(OpRegistry, MatchesReference) {
     const double atol = w.scale_atol * std::max(max_abs(w.values), w.floor);
     std::vector<double> expected(w.values.begin(), w.values.end());
     EXPECT_TRUE(all_close(got[o].values, expected, Tolerance{atol, w.rtol}, w.name));
+    // The largest error as a fraction of its bound, in the test's XML/JSON output: how much room
+    // a bound leaves, measured (the GPU check's JSON carries it too).
+    double worst = 0;
+    for (size_t i = 0; i < expected.size() && i < got[o].values.size(); ++i) {
+      const double allowed = atol + w.rtol * std::fabs(expected[i]);
+      const double err = std::fabs(double(got[o].values[i]) - expected[i]);
+      if (allowed > 0) worst = std::max(worst, err / allowed);
+    }
+    ::testing::Test::RecordProperty("error_over_bound_" + w.name, std::to_string(worst));
   }
+}
+
+class OpRegistry : public ::testing::TestWithParam<std::tuple<Backend, size_t>> {};
+
+TEST_P(OpRegistry, MatchesReference) {
+  const auto [backend, index] = GetParam();
+  MMFL_SKIP_IF_UNAVAILABLE(backend);
+  expect_matches_reference(backend, registry()[index]);
+}
+
+class TensorCoreRegistry : public ::testing::TestWithParam<std::tuple<Backend, size_t>> {};
+
+TEST_P(TensorCoreRegistry, MatchesReference) {
+  const auto [backend, index] = GetParam();
+  MMFL_SKIP_IF_UNAVAILABLE(backend);
+  expect_matches_reference(backend, tensor_core_registry()[index]);
 }
 
 std::string registry_name(const ::testing::TestParamInfo<std::tuple<Backend, size_t>>& info) {
   return std::string(backend_name(std::get<0>(info.param))) + "_" +
          registry()[std::get<1>(info.param)].name;
 }
+
+// The operand rounding of a tensor-core path, on the host: tf32 to nearest with ties away from
+// zero (cvt.rna.tf32.f32, what __float_to_tf32 does), bf16 to nearest even (__float2bfloat16_rn).
+float round_operand(float x, Precision p) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  if (p == Precision::kTf32) {
+    bits = (bits + 0x1000u) & 0xffffe000u;
+  } else if (p == Precision::kBf16) {
+    bits = (bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u;
+  }
+  std::memcpy(&x, &bits, sizeof x);
+  return x;
+}
+
+std::vector<float> rounded(std::vector<float> v, Precision p) {
+  for (float& x : v)
+    x = round_operand(x, p);
+  return v;
+}
+
+// The forward log-sum-exps of a tensor-core path equal the reference's on the operands rounded to
+// the precision, to fp32 accuracy: the products of rounded operands are exact and accumulate in
+// fp32. This pins the rounding itself (an fp32 path, or a wrong rounding, misses by the rounding
+// error, ~1e-3 of the logits for tf32 and ~1e-2 for bf16, far outside the fp32 bound).
+class TensorCoreRounding : public ::testing::TestWithParam<std::tuple<Backend, Precision>> {};
+
+TEST_P(TensorCoreRounding, ForwardEqualsReferenceOnRoundedOperands) {
+  const auto [backend, p] = GetParam();
+  MMFL_SKIP_IF_UNAVAILABLE(backend);
+  const uint64_t seed = test_seed();
+  SCOPED_TRACE(seed_trace(seed));
+  std::mt19937_64 rng(seed);
+  const int64_t n = 77, b = 19, d = 45;
+  const auto img = unit_rows(rng, n, d), txt = unit_rows(rng, n, d), q = unit_rows(rng, b, d);
+  std::vector<int64_t> target(b);
+  for (int64_t& t : target)
+    t = std::uniform_int_distribution<int64_t>(0, n - 1)(rng);
+  const float tau = 0.1f;  // logits up to 10: rounding errors of ~1e-3 relative show
+  // InfoNCE: lse_img and lse_txt (the loss also holds fp32 diagonal products of the unrounded
+  // features, so it is left to the registry's bounds).
+  auto infonce_lse = [&](Backend be, const std::vector<float>& a, const std::vector<float>& t2,
+                         Precision prec) {
+    DeviceBuffer<float> d_a(be, a), d_t(be, t2), d_tau(be, std::vector{tau});
+    DeviceBuffer<float> loss(be, 1), li(be, n), lt(be, n);
+    for (auto* x : {&loss, &li, &lt})
+      x->fill(kNaN);
+    ops::infonce_forward(be, d_a.get(), d_t.get(), n, d, d_tau.get(), loss.get(), li.get(),
+                         lt.get(), prec);
+    std::vector<float> both = li.download(), second = lt.download();
+    both.insert(both.end(), second.begin(), second.end());
+    return both;
+  };
+  auto bank_lse = [&](Backend be, const std::vector<float>& qq, const std::vector<float>& bank,
+                      Precision prec) {
+    DeviceBuffer<float> d_q(be, qq), d_bank(be, bank), d_tau(be, std::vector{tau});
+    DeviceBuffer<int64_t> d_t(be, target);
+    DeviceBuffer<float> lse(be, b), loss(be, b);
+    lse.fill(kNaN);
+    loss.fill(kNaN);
+    ops::bank_ce_forward(be, d_q.get(), d_bank.get(), d_t.get(), b, n, d, d_tau.get(), lse.get(),
+                         loss.get(), prec);
+    return lse.download();
+  };
+  const std::vector<std::pair<std::string, std::pair<std::vector<float>, std::vector<float>>>>
+      runs = {
+          {"infonce lse",
+           {infonce_lse(backend, img, txt, p),
+            infonce_lse(Backend::kRef, rounded(img, p), rounded(txt, p), Precision::kFp32)}},
+          {"bank_ce lse",
+           {bank_lse(backend, q, img, p),
+            bank_lse(Backend::kRef, rounded(q, p), rounded(img, p), Precision::kFp32)}},
+      };
+  for (const auto& [what, r] : runs) {
+    const std::vector<double> want(r.second.begin(), r.second.end());
+    EXPECT_TRUE(all_close(r.first, want, Tolerance{2e-5 / tau, 2e-5}, what));
+  }
+}
+
+std::string rounding_name(const ::testing::TestParamInfo<std::tuple<Backend, Precision>>& p) {
+  return std::string(backend_name(std::get<0>(p.param))) + "_" +
+         kernels::precision_name(std::get<1>(p.param));
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, TensorCoreRounding,
+                         ::testing::Combine(::testing::Values(Backend::kSimt, Backend::kCuda),
+                                            ::testing::Values(Precision::kTf32, Precision::kBf16)),
+                         rounding_name);
+
+std::string tensor_core_name(const ::testing::TestParamInfo<std::tuple<Backend, size_t>>& info) {
+  return std::string(backend_name(std::get<0>(info.param))) + "_" +
+         tensor_core_registry()[std::get<1>(info.param)].name;
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, TensorCoreRegistry,
+                         ::testing::Combine(::testing::Values(Backend::kSimt, Backend::kCuda),
+                                            ::testing::Range(size_t{0},
+                                                             tensor_core_registry().size())),
+                         tensor_core_name);
 
 // The reference runs too (against itself: it checks that every case runs and fills its outputs).
 INSTANTIATE_TEST_SUITE_P(Backends, OpRegistry,

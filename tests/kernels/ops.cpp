@@ -9,54 +9,65 @@ namespace mmfl::test::ops {
 #if defined(MMFL_TEST_HAVE_CUDA)
 #define MMFL_TEST_CUDA_CASE(fn, ...) \
   case Backend::kCuda:               \
-    return kernels::cuda::fn(__VA_ARGS__, nullptr);
+    return kernels::cuda::fn(__VA_ARGS__);
 #else
 #define MMFL_TEST_CUDA_CASE(fn, ...)
 #endif
 
 // One switch for a void op: the host backends take the arguments (cpu adds its context), the
-// device backends add the stream.
-#define MMFL_TEST_DISPATCH(backend, fn, ...)                             \
+// device backends add `device_extra` (the stream, after the precision for the GEMM-shaped ops).
+#define MMFL_TEST_SWITCH(backend, fn, device_extra, ...)                 \
   switch (backend) {                                                     \
     case Backend::kRef:                                                  \
       return kernels::ref::fn(__VA_ARGS__);                              \
     case Backend::kCpu:                                                  \
       return kernels::cpu::fn(__VA_ARGS__, cpu_test_context());          \
     case Backend::kSimt:                                                 \
-      return kernels::simt::fn(__VA_ARGS__, nullptr);                    \
-      MMFL_TEST_CUDA_CASE(fn, __VA_ARGS__)                               \
+      return kernels::simt::fn(__VA_ARGS__, device_extra);               \
+      MMFL_TEST_CUDA_CASE(fn, __VA_ARGS__, device_extra)                 \
     default:                                                             \
       MMFL_FAIL("backend ", backend_name(backend), " is not available"); \
   }
+#define MMFL_TEST_DISPATCH(backend, fn, ...) MMFL_TEST_SWITCH(backend, fn, nullptr, __VA_ARGS__)
+#define MMFL_TEST_DISPATCH_GEMM(backend, precision, fn, ...) \
+  MMFL_TEST_SWITCH(backend, fn, MMFL_TEST_PRECISION_AND_STREAM(precision), __VA_ARGS__)
+#define MMFL_TEST_PRECISION_AND_STREAM(precision) precision, nullptr
 
 void infonce_forward(Backend backend, const float* img, const float* txt, int64_t n, int64_t d,
-                     const float* tau, float* loss, float* lse_img, float* lse_txt) {
-  MMFL_TEST_DISPATCH(backend, infonce_forward, img, txt, n, d, tau, loss, lse_img, lse_txt)
+                     const float* tau, float* loss, float* lse_img, float* lse_txt,
+                     Precision precision) {
+  MMFL_TEST_DISPATCH_GEMM(backend, precision, infonce_forward, img, txt, n, d, tau, loss, lse_img,
+                          lse_txt)
 }
 
 void infonce_backward(Backend backend, const float* img, const float* txt, int64_t n, int64_t d,
                       const float* tau, const float* lse_img, const float* lse_txt,
-                      const float* grad_loss, float* grad_img, float* grad_txt, float* grad_tau) {
-  MMFL_TEST_DISPATCH(backend, infonce_backward, img, txt, n, d, tau, lse_img, lse_txt, grad_loss,
-                     grad_img, grad_txt, grad_tau)
+                      const float* grad_loss, float* grad_img, float* grad_txt, float* grad_tau,
+                      Precision precision) {
+  MMFL_TEST_DISPATCH_GEMM(backend, precision, infonce_backward, img, txt, n, d, tau, lse_img,
+                          lse_txt, grad_loss, grad_img, grad_txt, grad_tau)
 }
 
 void bank_ce_forward(Backend backend, const float* q, const float* bank, const int64_t* target,
-                     int64_t b, int64_t n, int64_t d, const float* tau, float* lse, float* loss) {
-  MMFL_TEST_DISPATCH(backend, bank_ce_forward, q, bank, target, b, n, d, tau, lse, loss)
+                     int64_t b, int64_t n, int64_t d, const float* tau, float* lse, float* loss,
+                     Precision precision) {
+  MMFL_TEST_DISPATCH_GEMM(backend, precision, bank_ce_forward, q, bank, target, b, n, d, tau, lse,
+                          loss)
 }
 
 void bank_ce_backward(Backend backend, const float* q, const float* bank, const int64_t* target,
                       int64_t b, int64_t n, int64_t d, const float* tau, const float* lse,
-                      const float* grad_loss, float* grad_q, float* grad_bank) {
-  MMFL_TEST_DISPATCH(backend, bank_ce_backward, q, bank, target, b, n, d, tau, lse, grad_loss,
-                     grad_q, grad_bank)
+                      const float* grad_loss, float* grad_q, float* grad_bank,
+                      Precision precision) {
+  MMFL_TEST_DISPATCH_GEMM(backend, precision, bank_ce_backward, q, bank, target, b, n, d, tau, lse,
+                          grad_loss, grad_q, grad_bank)
 }
 
 void creamfl_ensemble(Backend backend, const float* local, const float* bank, int64_t k, int64_t n,
                       int64_t d, const float* tau, kernels::EnsembleWeighting weighting,
-                      float* weights, float* out) {
-  MMFL_TEST_DISPATCH(backend, creamfl_ensemble, local, bank, k, n, d, tau, weighting, weights, out)
+                      float* weights, float* out, Precision precision) {
+  MMFL_TEST_DISPATCH_GEMM(backend, precision, creamfl_ensemble, local, bank, k, n, d, tau,
+                          weighting, weights, out)
 }
 
 void weighted_sum(Backend backend, const float* updates, const float* weights, int64_t clients,

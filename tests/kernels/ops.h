@@ -13,20 +13,28 @@
 
 namespace mmfl::test::ops {
 
+// The GEMM-shaped ops take the device precision last; the host backends (ref, cpu) compute in
+// fp32 or wider whatever it says.
+using kernels::Precision;
+
 void infonce_forward(Backend backend, const float* img, const float* txt, int64_t n, int64_t d,
-                     const float* tau, float* loss, float* lse_img, float* lse_txt);
+                     const float* tau, float* loss, float* lse_img, float* lse_txt,
+                     Precision precision = Precision::kFp32);
 void infonce_backward(Backend backend, const float* img, const float* txt, int64_t n, int64_t d,
                       const float* tau, const float* lse_img, const float* lse_txt,
-                      const float* grad_loss, float* grad_img, float* grad_txt, float* grad_tau);
+                      const float* grad_loss, float* grad_img, float* grad_txt, float* grad_tau,
+                      Precision precision = Precision::kFp32);
 
 void bank_ce_forward(Backend backend, const float* q, const float* bank, const int64_t* target,
-                     int64_t b, int64_t n, int64_t d, const float* tau, float* lse, float* loss);
+                     int64_t b, int64_t n, int64_t d, const float* tau, float* lse, float* loss,
+                     Precision precision = Precision::kFp32);
 void bank_ce_backward(Backend backend, const float* q, const float* bank, const int64_t* target,
                       int64_t b, int64_t n, int64_t d, const float* tau, const float* lse,
-                      const float* grad_loss, float* grad_q, float* grad_bank);
+                      const float* grad_loss, float* grad_q, float* grad_bank,
+                      Precision precision = Precision::kFp32);
 void creamfl_ensemble(Backend backend, const float* local, const float* bank, int64_t k, int64_t n,
                       int64_t d, const float* tau, kernels::EnsembleWeighting weighting,
-                      float* weights, float* out);
+                      float* weights, float* out, Precision precision = Precision::kFp32);
 
 void weighted_sum(Backend backend, const float* updates, const float* weights, int64_t clients,
                   int64_t n, float* out, kernels::Accumulator acc);

@@ -4,9 +4,11 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <mma.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "mmfl/kernels/launch.h"
@@ -323,6 +325,117 @@ float stream_roundtrip(const float* host_in, float* host_out, int n) {
   return ms;
 }
 
+namespace {
+
+namespace wmma = nvcuda::wmma;
+
+// Shared-memory operands of the wmma probe, 32-byte aligned as load_matrix_sync requires; leading
+// dimensions padded past the matrix (24 elements: a multiple of 16 bytes for both types).
+constexpr int kWmmaLd = 24;
+template <typename T>
+struct alignas(32) WmmaSmem {
+  T a[16 * kWmmaLd];
+  T b[16 * kWmmaLd];
+  float c[16 * kWmmaLd];
+};
+
+// Element (r, col) of a matrix with leading dimension kWmmaLd in `layout`.
+__device__ int wmma_at(MatrixLayout layout, int r, int col) {
+  return layout == MatrixLayout::kRowMajor ? r * kWmmaLd + col : col * kWmmaLd + r;
+}
+
+template <typename T, int K, typename LayoutA, typename LayoutB>
+__device__ void wmma_gemm_warp(const WmmaSmem<T>& s, MatrixLayout c_layout, float* d_smem) {
+  using Op = std::conditional_t<K == 8, wmma::precision::tf32, T>;
+  wmma::fragment<wmma::matrix_a, 16, 16, K, Op, LayoutA> fa;
+  wmma::fragment<wmma::matrix_b, 16, 16, K, Op, LayoutB> fb;
+  wmma::fragment<wmma::accumulator, 16, 16, K, float> fc;
+  const wmma::layout_t mem =
+      c_layout == MatrixLayout::kRowMajor ? wmma::mem_row_major : wmma::mem_col_major;
+  wmma::load_matrix_sync(fa, s.a, kWmmaLd);
+  wmma::load_matrix_sync(fb, s.b, kWmmaLd);
+  wmma::load_matrix_sync(fc, s.c, kWmmaLd, mem);
+  wmma::mma_sync(fc, fa, fb, fc);
+  wmma::store_matrix_sync(d_smem, fc, kWmmaLd, mem);
+}
+
+template <typename T, int K>
+__global__ void wmma_gemm_kernel(MatrixLayout a_layout, MatrixLayout b_layout,
+                                 MatrixLayout c_layout, const float* a, const float* b,
+                                 const float* c, float* d) {
+  __shared__ WmmaSmem<T> s;
+  __shared__ __align__(32) float d_smem[16 * kWmmaLd];
+  const int t = static_cast<int>(threadIdx.x);
+  for (int i = t; i < 16 * K; i += 32) {
+    const int r = i / K, k = i % K;       // a [16, K]
+    const int kb = i / 16, col = i % 16;  // b [K, 16]
+    if constexpr (K == 8) {
+      s.a[wmma_at(a_layout, r, k)] = wmma::__float_to_tf32(a[i]);
+      s.b[wmma_at(b_layout, kb, col)] = wmma::__float_to_tf32(b[i]);
+    } else if constexpr (std::is_same_v<T, __half>) {
+      s.a[wmma_at(a_layout, r, k)] = __float2half_rn(a[i]);
+      s.b[wmma_at(b_layout, kb, col)] = __float2half_rn(b[i]);
+    } else {
+      s.a[wmma_at(a_layout, r, k)] = __float2bfloat16_rn(a[i]);
+      s.b[wmma_at(b_layout, kb, col)] = __float2bfloat16_rn(b[i]);
+    }
+  }
+  for (int i = t; i < 256; i += 32)
+    s.c[wmma_at(c_layout, i / 16, i % 16)] = c[i];
+  __syncwarp();
+  const bool a_row = a_layout == MatrixLayout::kRowMajor;
+  const bool b_row = b_layout == MatrixLayout::kRowMajor;
+  if (a_row && b_row) wmma_gemm_warp<T, K, wmma::row_major, wmma::row_major>(s, c_layout, d_smem);
+  if (a_row && !b_row) wmma_gemm_warp<T, K, wmma::row_major, wmma::col_major>(s, c_layout, d_smem);
+  if (!a_row && b_row) wmma_gemm_warp<T, K, wmma::col_major, wmma::row_major>(s, c_layout, d_smem);
+  if (!a_row && !b_row) {
+    wmma_gemm_warp<T, K, wmma::col_major, wmma::col_major>(s, c_layout, d_smem);
+  }
+  __syncwarp();
+  for (int i = t; i < 256; i += 32)
+    d[i] = d_smem[wmma_at(c_layout, i / 16, i % 16)];
+}
+
+__global__ void tf32_round_kernel(const float* in, float* out, int n) {
+  const int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  if (i < n) out[i] = wmma::__float_to_tf32(in[i]);
+}
+
+}  // namespace
+
+void wmma_gemm(WmmaType type, MatrixLayout a_layout, MatrixLayout b_layout, MatrixLayout c_layout,
+               const float* a, const float* b, const float* c, float* d) {
+  const int k = type == WmmaType::kTf32 ? 8 : 16;
+  DeviceArray<float> d_a(a, 16 * k), d_b(b, 16 * k), d_c(c, 256), d_d(256);
+  switch (type) {
+    case WmmaType::kTf32:
+      MMFL_LAUNCH((wmma_gemm_kernel<float, 8>), 1, 32, 0, nullptr)
+      (a_layout, b_layout, c_layout, d_a.get(), d_b.get(), d_c.get(), d_d.get());
+      MMFL_CHECK_LAUNCH(wmma_gemm_kernel);
+      break;
+    case WmmaType::kBf16:
+      MMFL_LAUNCH((wmma_gemm_kernel<__nv_bfloat16, 16>), 1, 32, 0, nullptr)
+      (a_layout, b_layout, c_layout, d_a.get(), d_b.get(), d_c.get(), d_d.get());
+      MMFL_CHECK_LAUNCH(wmma_gemm_kernel);
+      break;
+    case WmmaType::kHalf:
+      MMFL_LAUNCH((wmma_gemm_kernel<__half, 16>), 1, 32, 0, nullptr)
+      (a_layout, b_layout, c_layout, d_a.get(), d_b.get(), d_c.get(), d_d.get());
+      MMFL_CHECK_LAUNCH(wmma_gemm_kernel);
+      break;
+    default:
+      MMFL_FAIL("wmma_gemm: unknown WmmaType ", static_cast<int>(type));
+  }
+  d_d.download(d);
+}
+
+void tf32_round(const float* in, float* out, int n) {
+  DeviceArray<float> d_in(in, n), d_out(n);
+  MMFL_LAUNCH(tf32_round_kernel, blocks_of(n, 128), 128, 0, nullptr)(d_in.get(), d_out.get(), n);
+  MMFL_CHECK_LAUNCH(tf32_round_kernel);
+  d_out.download(out);
+}
+
 #if defined(MMFL_SIMT)
 namespace {
 
@@ -352,6 +465,15 @@ __global__ void probe_divergent_kernel(Divergence kind, int* out) {
     case Divergence::kTrap:
       if (t == 3) __trap();
       break;
+    case Divergence::kWmmaLaneExited:
+    case Divergence::kWmmaPartialWarp: {
+      if (kind == Divergence::kWmmaLaneExited && t % 32 == 0) return;
+      __shared__ __align__(32) float m[16 * 16];
+      nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 8, float> f;
+      nvcuda::wmma::load_matrix_sync(f, m, 16, nvcuda::wmma::mem_row_major);
+      s[t] = 0;
+      break;
+    }
     default:
       __trap();
   }
@@ -362,7 +484,8 @@ __global__ void probe_divergent_kernel(Divergence kind, int* out) {
 
 void divergent(Divergence kind) {
   DeviceArray<int> d_out(64);
-  MMFL_LAUNCH(probe_divergent_kernel, 1, 64, 0, nullptr)(kind, d_out.get());
+  const unsigned threads = kind == Divergence::kWmmaPartialWarp ? 48 : 64;
+  MMFL_LAUNCH(probe_divergent_kernel, 1, threads, 0, nullptr)(kind, d_out.get());
   MMFL_CHECK_LAUNCH(probe_divergent_kernel);
 }
 #endif

@@ -12,6 +12,9 @@ namespace mmfl::test::probes {
 enum class SharedKind : int { kStatic, kDynamic };
 enum class ShuffleMode : int { kIdx, kUp, kDown, kXor };
 enum class VoteMode : int { kBallot, kAny, kAll };
+// Operand types of the wmma probe: tf32 (m16n16k8), bf16 or half (m16n16k16), fp32 accumulators.
+enum class WmmaType : int { kTf32, kBf16, kHalf };
+enum class MatrixLayout : int { kRowMajor, kColMajor };
 
 // Exact results of the atomics probe; see probe_kernels.cu for what each thread does.
 struct AtomicCounters {
@@ -40,6 +43,8 @@ enum class Divergence : int {
   kMixedBarriers,          // half a warp shuffles with the full mask, the other half syncthreads
   kMaskWithoutSelf,        // a lane passes a mask that does not name it
   kTrap,                   // __trap()
+  kWmmaLaneExited,         // lane 0 returns, lanes 1..31 call wmma::load_matrix_sync
+  kWmmaPartialWarp,        // a 48-thread block: the 16 lanes of warp 1 call load_matrix_sync
 };
 
 #define MMFL_PROBE_DECLARATIONS                                                                    \
@@ -73,7 +78,17 @@ enum class Divergence : int {
   void half_math(const float* in /*[n]*/, float* out /*[n]*/, int n);                              \
   /* host_out = 2 * host_in through a created stream, async copies and events; returns the         \
      elapsed milliseconds between the events */                                                    \
-  float stream_roundtrip(const float* host_in /*[n]*/, float* host_out /*[n]*/, int n);
+  float stream_roundtrip(const float* host_in /*[n]*/, float* host_out /*[n]*/, int n);            \
+  /* d = a b + c by one warp through nvcuda::wmma fragments; k = 8 (tf32) or 16 (bf16, half).      \
+     The kernel lays a, b and c out in shared memory in the given layouts (padded leading          \
+     dimensions), converts a and b to the operand type (__float_to_tf32, __float2bfloat16_rn,      \
+     __float2half_rn), loads, mma_syncs and stores d through c_layout */                           \
+  void wmma_gemm(WmmaType type, MatrixLayout a_layout, MatrixLayout b_layout,                      \
+                 MatrixLayout c_layout, const float* a /*[16, k] row-major*/,                      \
+                 const float* b /*[k, 16] row-major*/, const float* c /*[16, 16] row-major*/,      \
+                 float* d /*[16, 16] row-major*/);                                                 \
+  /* out[i] = wmma::__float_to_tf32(in[i]) */                                                      \
+  void tf32_round(const float* in /*[n]*/, float* out /*[n]*/, int n);
 
 namespace simt {
 MMFL_PROBE_DECLARATIONS

@@ -5,7 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <climits>
+#include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <random>
 #include <string>
 #include <thread>
@@ -21,9 +23,11 @@ namespace mmfl::test {
 namespace {
 
 using probes::AtomicCounters;
+using probes::MatrixLayout;
 using probes::SharedKind;
 using probes::ShuffleMode;
 using probes::VoteMode;
+using probes::WmmaType;
 
 // The probe functions of one backend.
 struct Probes {
@@ -38,6 +42,8 @@ struct Probes {
   decltype(&probes::simt::max_dynamic_shared_optin) max_dynamic_shared_optin;
   decltype(&probes::simt::half_math) half_math;
   decltype(&probes::simt::stream_roundtrip) stream_roundtrip;
+  decltype(&probes::simt::wmma_gemm) wmma_gemm;
+  decltype(&probes::simt::tf32_round) tf32_round;
 };
 
 const Probes& probes_for(Backend backend) {
@@ -51,7 +57,9 @@ const Probes& probes_for(Backend backend) {
                            probes::simt::trivial_launch,
                            probes::simt::max_dynamic_shared_optin,
                            probes::simt::half_math,
-                           probes::simt::stream_roundtrip};
+                           probes::simt::stream_roundtrip,
+                           probes::simt::wmma_gemm,
+                           probes::simt::tf32_round};
 #if defined(MMFL_TEST_HAVE_CUDA)
   static const Probes cuda{probes::cuda::block_sums,
                            probes::cuda::shuffle,
@@ -63,7 +71,9 @@ const Probes& probes_for(Backend backend) {
                            probes::cuda::trivial_launch,
                            probes::cuda::max_dynamic_shared_optin,
                            probes::cuda::half_math,
-                           probes::cuda::stream_roundtrip};
+                           probes::cuda::stream_roundtrip,
+                           probes::cuda::wmma_gemm,
+                           probes::cuda::tf32_round};
   if (backend == Backend::kCuda) return cuda;
 #endif
   if (backend == Backend::kSimt) return simt;
@@ -321,6 +331,82 @@ TEST_P(ProbeTest, StreamsAndEventsRunInOrder) {
     EXPECT_EQ(out[i], 2.0f * in[i]);
 }
 
+// Tensor cores: d = a b + c through wmma fragments, on small integers (exact in tf32, bf16, half,
+// every partial sum exact in fp32), so the result equals the plain product exactly whatever the
+// summation order, for every combination of operand and accumulator layouts.
+TEST_P(ProbeTest, WmmaMatchesPlainProductOnSmallIntegers) {
+  const uint64_t seed = test_seed();
+  SCOPED_TRACE(seed_trace(seed));
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int> small(-8, 8);
+  const MatrixLayout layouts[] = {MatrixLayout::kRowMajor, MatrixLayout::kColMajor};
+  for (WmmaType type : {WmmaType::kTf32, WmmaType::kBf16, WmmaType::kHalf}) {
+    const char* type_name = type == WmmaType::kTf32   ? "tf32"
+                            : type == WmmaType::kBf16 ? "bf16"
+                                                      : "half";
+    const int k = type == WmmaType::kTf32 ? 8 : 16;
+    for (MatrixLayout la : layouts) {
+      for (MatrixLayout lb : layouts) {
+        for (MatrixLayout lc : layouts) {
+          SCOPED_TRACE(::testing::Message()
+                       << type_name << " a " << static_cast<int>(la) << " b "
+                       << static_cast<int>(lb) << " c " << static_cast<int>(lc));
+          std::vector<float> a(16 * k), b(k * 16), c(256), d(256, -1.0f);
+          for (float& v : a)
+            v = static_cast<float>(small(rng));
+          for (float& v : b)
+            v = static_cast<float>(small(rng));
+          for (float& v : c)
+            v = static_cast<float>(small(rng) * 16);
+          probes().wmma_gemm(type, la, lb, lc, a.data(), b.data(), c.data(), d.data());
+          for (int r = 0; r < 16; ++r) {
+            for (int col = 0; col < 16; ++col) {
+              float want = c[r * 16 + col];
+              for (int kk = 0; kk < k; ++kk)
+                want += a[r * k + kk] * b[kk * 16 + col];
+              ASSERT_EQ(d[r * 16 + col], want) << "row " << r << " column " << col;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// __float_to_tf32 keeps 10 mantissa bits, rounding to nearest with ties away from zero (PTX
+// cvt.rna.tf32.f32); infinities and NaN pass through.
+TEST_P(ProbeTest, Tf32RoundsTheMantissaToTenBits) {
+  const float ulp = std::ldexp(1.0f, -10);  // one tf32 ulp at 1
+  const std::vector<float> in = {1.0f,
+                                 1.0f + ulp,
+                                 1.0f + ulp / 4,               // below half: down
+                                 1.0f + ulp / 2,               // a tie: away from zero
+                                 -(1.0f + ulp / 2),            // a tie, negative: away from zero
+                                 1.0f + ulp / 2 + ulp / 1024,  // above half: up
+                                 1.0f + 3 * ulp / 2,           // a tie from an odd mantissa: up
+                                 3.0e-39f,                     // subnormal
+                                 INFINITY};
+  const std::vector<float> want = {
+      1.0f,          1.0f + ulp, 1.0f,           1.0f + ulp,
+      -(1.0f + ulp), 1.0f + ulp, 1.0f + 2 * ulp, -1.0f /* checked below */,
+      INFINITY};
+  std::vector<float> out(in.size(), 0.0f);
+  probes().tf32_round(in.data(), out.data(), static_cast<int>(in.size()));
+  for (size_t i = 0; i < in.size(); ++i) {
+    if (i == 7) continue;
+    EXPECT_EQ(out[i], want[i]) << "input " << in[i];
+  }
+  // A subnormal keeps its top 10 stored mantissa bits after rounding: the low 13 bits are zero.
+  uint32_t bits;
+  std::memcpy(&bits, &out[7], sizeof bits);
+  EXPECT_EQ(bits & 0x1fffu, 0u);
+  EXPECT_NEAR(out[7], in[7], std::ldexp(1.0f, -136));
+  const float nan_in = NAN;
+  float nan_out = 0.0f;
+  probes().tf32_round(&nan_in, &nan_out, 1);
+  EXPECT_TRUE(std::isnan(nan_out));
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, ProbeTest, ::testing::Values(Backend::kSimt, Backend::kCuda),
                          backend_param_name);
 
@@ -350,6 +436,16 @@ TEST(SimtEmulator, MaskWithoutTheCallerIsAnError) {
 TEST(SimtEmulator, TrapIsAnError) {
   expect_error_mentioning([] { probes::simt::divergent(probes::Divergence::kTrap); },
                           {"probe_divergent_kernel", "__trap"});
+}
+
+TEST(SimtEmulator, WmmaMissingAnExitedLaneIsAnError) {
+  expect_error_mentioning([] { probes::simt::divergent(probes::Divergence::kWmmaLaneExited); },
+                          {"probe_divergent_kernel", "load_matrix_sync", "exited"});
+}
+
+TEST(SimtEmulator, WmmaInAPartialWarpIsAnError) {
+  expect_error_mentioning([] { probes::simt::divergent(probes::Divergence::kWmmaPartialWarp); },
+                          {"probe_divergent_kernel", "load_matrix_sync", "all 32 lanes"});
 }
 
 TEST(SimtEmulator, FailedLaunchDoesNotAffectTheNext) {

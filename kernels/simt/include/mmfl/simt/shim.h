@@ -82,8 +82,22 @@ int block_barrier(BarrierOp op, int predicate);
 // One warp-collective call of the calling lane: the lanes named in `mask` meet in lock step (a
 // per-warp rendezvous with exchange slots), each contributes `size` bytes at `value`, and
 // `result` receives this lane's answer. `arg` is srcLane / delta / laneMask, `width` the segment
-// width of the shuffles.
-enum class WarpOp : int { kSyncWarp, kShflIdx, kShflUp, kShflDown, kShflXor, kBallot, kAny, kAll };
+// width of the shuffles. The kWmma* ops (nvcuda::wmma, mmfl/simt/wmma.h) are gathers of exactly
+// 16 bytes a lane: `result` receives all 32 lanes' values (512 bytes, lane order), and they need
+// the full mask and a warp whose 32 lanes all exist.
+enum class WarpOp : int {
+  kSyncWarp,
+  kShflIdx,
+  kShflUp,
+  kShflDown,
+  kShflXor,
+  kBallot,
+  kAny,
+  kAll,
+  kWmmaLoad,
+  kWmmaStore,
+  kWmmaMma
+};
 void warp_collective(WarpOp op, unsigned mask, const void* value, void* result, std::size_t size,
                      int arg, int width);
 
@@ -530,6 +544,9 @@ inline double min(double a, double b) {
 inline double max(double a, double b) {
   return fmax(a, b);
 }
+
+// ---- Tensor cores -------------------------------------------------------------------------------
+#include "mmfl/simt/wmma.h"
 
 // ---- Runtime API --------------------------------------------------------------------------------
 // The emulated runtime calls, under C++ names of their own (no clash with libcudart's extern "C"
