@@ -115,9 +115,10 @@ bool forward_plane_fast(const float* xp, float* yp, uint8_t* kp, int64_t h, int6
   for (; t + 4 <= n; t += 4) {
     const F4 va = load4(vm + 2 * t), vb = load4(vm + 2 * t + 4);
     const I4 la = load4(lo + 2 * t), lb = load4(lo + 2 * t + 4);
-    const I4 even{0, 2, 4, 6}, odd{1, 3, 5, 7};
-    const F4 v0 = __builtin_shuffle(va, vb, even), v1 = __builtin_shuffle(va, vb, odd);
-    const I4 l0 = __builtin_shuffle(la, lb, even), l1 = __builtin_shuffle(la, lb, odd);
+    const F4 v0 = __builtin_shufflevector(va, vb, 0, 2, 4, 6);
+    const F4 v1 = __builtin_shufflevector(va, vb, 1, 3, 5, 7);
+    const I4 l0 = __builtin_shufflevector(la, lb, 0, 2, 4, 6);
+    const I4 l1 = __builtin_shufflevector(la, lb, 1, 3, 5, 7);
     const I4 right = (v1 > v0) | ((v1 == v0) & l0 & ~l1);
     const F4 m = right ? v1 : v0;
     const I4 k = right ? 1 + (l1 & 2) : (l0 & 2);
