@@ -477,8 +477,8 @@ std::vector<YAML::Node> load_yaml_all(const std::string& text, const std::string
   // The fuzzer parses inline, so that a parser that loops is its timeout, on the input that did it.
   (void)what, (void)deadline_s;
   return YAML::LoadAll(text);
-#endif
-  auto task = std::make_shared<std::packaged_task<std::vector<YAML::Node>()>>(
+#else
+  auto task = std::make_shared<std::packaged_task<std::vector<YAML::Node>()> >(
       [text] { return YAML::LoadAll(text); });
   auto result = task->get_future();
   std::thread([task] { (*task)(); }).detach();
@@ -488,6 +488,7 @@ std::vector<YAML::Node> load_yaml_all(const std::string& text, const std::string
       " s: yaml-cpp 0.7 loops forever on some malformed YAML, such as a ',' before a "
       "closing '}' or ']' outside a '{...}' or '[...]'; check the syntax there");
   return result.get();
+#endif
 }
 
 Config parse_config_text(const std::string& yaml, const std::vector<std::string>& overrides) {

@@ -1,7 +1,5 @@
 #include "engine/report.h"
 
-#include "engine/config.h"
-
 #include <sys/wait.h>
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
@@ -18,6 +16,7 @@
 #include <sstream>
 
 #include "engine/checkpoint.h"
+#include "engine/config.h"
 #include "mmfl/error.h"
 
 namespace mmfl::engine {
