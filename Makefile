@@ -17,8 +17,8 @@ DEB_PKGS    := cmake ninja-build g++ ccache pkg-config python3 python3-venv zlib
                libbenchmark-dev dataset-fashion-mnist clang libclang-rt-14-dev
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-FUZZ_SECONDS ?= 60
-FUZZERS     := fuzz_config fuzz_idx fuzz_gzip fuzz_checkpoint fuzz_safetensors fuzz_wordpiece
+FUZZ_SECONDS ?= 30
+FUZZERS     := fuzz_config fuzz_idx fuzz_gzip fuzz_checkpoint fuzz_safetensors fuzz_wordpiece fuzz_sweep_args
 
 .PHONY: run test build configure deps venv sanitize asan tsan fuzz bench bench-fl clean gpu-bundle gpu-check
 

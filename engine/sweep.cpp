@@ -32,21 +32,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::vector<std::string> split(const std::string& s, char sep) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  for (std::string p; std::getline(ss, p, sep);)
-    out.push_back(p);
-  if (!s.empty() && s.back() == sep) out.push_back("");
-  return out;
-}
-
-std::string trim(const std::string& s) {
-  const auto b = s.find_first_not_of(" \t");
-  if (b == std::string::npos) return "";
-  return s.substr(b, s.find_last_not_of(" \t") - b + 1);
-}
-
 std::string last_part(const std::string& key) {
   const auto dot = key.rfind('.');
   return dot == std::string::npos ? key : key.substr(dot + 1);
@@ -93,7 +78,7 @@ std::string last_line(const fs::path& p) {
   std::ifstream in(p);
   std::string line, last;
   while (std::getline(in, line))
-    if (!trim(line).empty()) last = line;
+    if (!trim_blanks(line).empty()) last = line;
   return last;
 }
 
@@ -103,51 +88,6 @@ void on_sweep_sigint(int) {
 }
 
 }  // namespace
-
-GridAxis parse_grid_axis(const std::string& arg) {
-  const auto eq = arg.find('=');
-  MMFL_CHECK(eq != std::string::npos && eq > 0, "--grid '", arg,
-             "': expected KEY=V1,V2,..., for example --grid creamfl.kd_weight=0.3,3");
-  GridAxis a;
-  a.key = trim(arg.substr(0, eq));
-  for (const auto& v : split(arg.substr(eq + 1), ',')) {
-    const auto t = trim(v);
-    MMFL_CHECK(!t.empty(), "--grid '", arg, "': empty value in the list");
-    MMFL_CHECK(std::find(a.values.begin(), a.values.end(), t) == a.values.end(), "--grid '", arg,
-               "': value '", t, "' is listed twice");
-    a.values.push_back(t);
-  }
-  MMFL_CHECK(!a.values.empty(), "--grid '", arg, "': no values after '='");
-  return a;
-}
-
-std::vector<uint64_t> parse_seed_list(const std::string& arg) {
-  std::vector<uint64_t> seeds;
-  auto number = [&](const std::string& s) -> uint64_t {
-    const auto t = trim(s);
-    MMFL_CHECK(!t.empty() && t.find_first_not_of("0123456789") == std::string::npos, "--seeds '",
-               arg, "': '", t, "' is not a non-negative integer (use e.g. 1-5 or 1,3,7)");
-    MMFL_CHECK(t.size() < 19, "--seeds '", arg, "': '", t, "' is too large");
-    return std::stoull(t);
-  };
-  MMFL_CHECK(!trim(arg).empty(), "--seeds '", arg, "': no seeds (use e.g. 1-5 or 1,3,7)");
-  for (const auto& part : split(arg, ',')) {
-    const auto dash = part.find('-');
-    uint64_t lo, hi;
-    if (dash == std::string::npos) {
-      lo = hi = number(part);
-    } else {
-      lo = number(part.substr(0, dash));
-      hi = number(part.substr(dash + 1));
-      MMFL_CHECK(lo <= hi, "--seeds '", arg, "': range '", trim(part), "' runs backwards");
-      MMFL_CHECK(hi - lo < 10000, "--seeds '", arg, "': range '", trim(part),
-                 "' has more than 10000 seeds");
-    }
-    for (uint64_t s = lo; s <= hi; ++s)
-      if (std::find(seeds.begin(), seeds.end(), s) == seeds.end()) seeds.push_back(s);
-  }
-  return seeds;
-}
 
 std::vector<SweepRun> expand_sweep(const std::vector<GridAxis>& grid,
                                    const std::vector<uint64_t>& seeds,

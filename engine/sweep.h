@@ -19,6 +19,8 @@ struct GridAxis {
 GridAxis parse_grid_axis(const std::string& arg);
 // "1-5", "1,3,7", "1-3,10" -> seeds in order, without repeats; throws when malformed.
 std::vector<uint64_t> parse_seed_list(const std::string& arg);
+// `s` without leading and trailing spaces and tabs.
+std::string trim_blanks(const std::string& s);
 
 struct SweepRun {
   std::string name;                    // directory name under the sweep directory

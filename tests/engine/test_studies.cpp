@@ -40,6 +40,11 @@ TEST(Sweep, ParsesSeedRanges) {
   EXPECT_EQ(parse_seed_list("1-5"), (std::vector<uint64_t>{1, 2, 3, 4, 5}));
   EXPECT_EQ(parse_seed_list("7"), (std::vector<uint64_t>{7}));
   EXPECT_EQ(parse_seed_list("1-3,10,2"), (std::vector<uint64_t>{1, 2, 3, 10}));
+  // fuzz_sweep_args findings: a blank key (fuzz/findings/sweep-args-empty-key) and a list of
+  // ranges whose total has no bound (the duplicate check was quadratic in it).
+  EXPECT_THROW(parse_grid_axis(" =a,b"), Error);
+  EXPECT_THROW(parse_seed_list("0-9999,10000-19999"), Error);
+  EXPECT_EQ(parse_seed_list("0-9999,5").size(), 10000u);
   EXPECT_NE(error_of([] { parse_seed_list("1,,2"); }).find("is not a non-negative integer"),
             std::string::npos);
   EXPECT_NE(error_of([] { parse_seed_list("5-1"); }).find("runs backwards"), std::string::npos);
