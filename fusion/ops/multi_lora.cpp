@@ -52,7 +52,8 @@ class MultiLora : public torch::autograd::Function<MultiLora> {
                                const torch::Tensor& offsets_host, double scale) {
     const auto x = x_in.contiguous(), A = A_in.contiguous(), B = B_in.contiguous();
     const kernels::MultiLoraShape s = shape_of(x, A, B);
-    auto y = base_product(x, weight, bias).contiguous();
+    // An empty bias stands for none (a real one has out >= 1 values).
+    auto y = base_product(x, weight, bias.numel() > 0 ? bias : torch::Tensor()).contiguous();
     auto h = torch::empty({s.rows, s.rank}, x.options());
     torch::Tensor offsets;
     if (x.is_cpu()) {
@@ -168,7 +169,9 @@ torch::Tensor multi_lora_linear(const torch::Tensor& x, const torch::Tensor& wei
              "multi_lora_linear: weight and bias are the frozen base and get no gradient, but "
              "one requires grad; freeze it (requires_grad(false)) or detach it");
   const auto offsets_host = torch::tensor(offsets, torch::dtype(torch::kInt64));
-  return MultiLora::apply(x, weight.detach(), bias.defined() ? bias.detach() : bias, A, B,
+  // Function::apply takes defined tensors only: no bias travels as an empty one.
+  return MultiLora::apply(x, weight.detach(),
+                          bias.defined() ? bias.detach() : torch::empty({0}, x.options()), A, B,
                           offsets_host, scale);
 }
 
