@@ -1,6 +1,6 @@
 // mmfl_bench: the kernels of kernels/ against LibTorch compositions of the same math.
 //   mmfl_bench [--device cpu|cuda|all] [--filter SUBSTR] [--quick] [--json FILE]
-// Filters: gemm, aggregate, infonce, ensemble, regularizer.
+// Filters: gemm, aggregate, pool, infonce, ensemble, regularizer, mlora.
 // CPU rows compare the CPU path with LibTorch's CPU ops; CUDA rows (when a GPU is visible) use
 // CUDA events, an L2 flush between repeats and the copy-bandwidth / GEMM ceilings measured here.
 #include <torch/torch.h>
@@ -16,12 +16,14 @@
 #include "fusion/contrastive.h"
 #include "fusion/creamfl.h"
 #include "fusion/ops/cpu_context.h"
+#include "fusion/ops/multi_lora.h"
 #include "mmfl/error.h"
 #include "mmfl/host_malloc.h"
 #include "mmfl/kernels/aggregate.h"
 #include "mmfl/kernels/bank_ce.h"
 #include "mmfl/kernels/cpu.h"
 #include "mmfl/kernels/infonce.h"
+#include "mmfl/kernels/multi_lora.h"
 #include "modalities/image/pool.h"
 
 #ifdef MMFL_HAVE_CUDA
@@ -110,6 +112,117 @@ void bench_tile_gemm(Report& rep) {
     }
   }
   torch::set_num_threads(threads);
+}
+
+// ---- Multi-adapter LoRA (CPU and CUDA rows from the same code) ----------------------------------
+
+// One training step of a LoRA layer for a cohort of clients: forward and backward (gradients for
+// the input and every client's A and B; the base W, b frozen). Kernel: one multi_lora_linear call
+// over all clients' rows. Baseline: a loop of per-client LibTorch LoRA modules (x_c W^T + b +
+// s (x_c A_c^T) B_c^T, autograd per client), what a federated simulator without the op runs.
+// `time` is time_cpu or time_gpu; `ceiling` the device's measured GEMM rate.
+void bench_mlora_rows(const Options& o, Report& rep, torch::Device dev,
+                      const std::function<Timing(const std::function<void()>&)>& time,
+                      double ceiling) {
+  const int64_t clients = o.quick ? 32 : 256, rows_per_client = 64;
+  const int64_t rows = clients * rows_per_client;
+  std::vector<int64_t> offsets(clients + 1);
+  for (int64_t c = 0; c <= clients; ++c)
+    offsets[c] = c * rows_per_client;
+  const auto opts = torch::TensorOptions().device(dev);
+  for (auto [in, out] :
+       std::vector<std::pair<int64_t, int64_t>>{{1024, 1024}, {384, 384}, {384, 1536}}) {
+    for (int64_t rank : {8, 64}) {
+      const double scale = 16.0 / double(rank);
+      const auto w = torch::randn({out, in}, opts) / std::sqrt(double(in));
+      const auto bias = torch::randn({out}, opts);
+      const auto x = torch::randn({rows, in}, opts);
+      const auto gy = torch::randn({rows, out}, opts);
+      const auto a =
+          (torch::randn({clients, rank, in}, opts) / std::sqrt(double(in))).requires_grad_();
+      const auto b = (torch::randn({clients, out, rank}, opts) * 0.01).requires_grad_();
+      Row r;
+      r.op = "mlora_train_step";
+      r.backend = dev.is_cuda() ? "cuda" : "cpu";
+      r.shape = std::to_string(out) + "x" + std::to_string(in) + " r=" + std::to_string(rank) +
+                " " + std::to_string(clients) + "x" + std::to_string(rows_per_client) + " rows";
+      auto xk = x.clone().requires_grad_();
+      r.kernel = time([&] {
+        a.mutable_grad() = torch::Tensor();
+        b.mutable_grad() = torch::Tensor();
+        xk.mutable_grad() = torch::Tensor();
+        fusion::ops::multi_lora_linear(xk, w, bias, a, b, offsets, scale).backward(gy);
+      });
+      // The baseline's per-client modules: their own leaf A_c, B_c and input.
+      std::vector<torch::Tensor> as, bs, xs, gys;
+      for (int64_t c = 0; c < clients; ++c) {
+        as.push_back(a[c].detach().clone().requires_grad_());
+        bs.push_back(b[c].detach().clone().requires_grad_());
+        xs.push_back(x.narrow(0, offsets[c], rows_per_client).clone().requires_grad_());
+        gys.push_back(gy.narrow(0, offsets[c], rows_per_client).contiguous());
+      }
+      namespace F = torch::nn::functional;
+      r.baseline = time([&] {
+        for (int64_t c = 0; c < clients; ++c) {
+          as[c].mutable_grad() = torch::Tensor();
+          bs[c].mutable_grad() = torch::Tensor();
+          xs[c].mutable_grad() = torch::Tensor();
+          const auto y =
+              F::linear(xs[c], w, bias) + scale * F::linear(F::linear(xs[c], as[c]), bs[c]);
+          y.backward(gys[c]);
+        }
+      });
+      // The frozen base alone (x W^T + b, then gy W): the floor both sides share.
+      const Timing base = time([&] {
+        const auto y = torch::addmm(bias, x, w.t());
+        const auto gx = torch::mm(gy, w);
+      });
+      // The multi-adapter kernels alone (forward and backward, outputs preallocated).
+      const k::MultiLoraShape ms{clients, rows, in, out, rank};
+      const auto off = torch::tensor(offsets, torch::kInt64).to(dev);
+      auto h = torch::empty({rows, rank}, opts), g = torch::empty({rows, rank}, opts);
+      auto ya = torch::zeros({rows, out}, opts), gxa = torch::zeros({rows, in}, opts);
+      auto gA = torch::empty_like(a), gB = torch::empty_like(b);
+      const float* xa = x.data_ptr<float>();
+      const float* aa = a.data_ptr<float>();
+      const float* ba = b.data_ptr<float>();
+      const Timing adapter = time([&] {
+        if (dev.is_cpu()) {
+          const k::cpu::Context ctx = fusion::ops::cpu_context();
+          k::cpu::multi_lora_forward(xa, aa, ba, off.data_ptr<int64_t>(), ms, float(scale),
+                                     h.data_ptr<float>(), ya.data_ptr<float>(), ctx);
+          k::cpu::multi_lora_backward(xa, aa, ba, off.data_ptr<int64_t>(), ms, float(scale),
+                                      h.data_ptr<float>(), gy.data_ptr<float>(),
+                                      g.data_ptr<float>(), gxa.data_ptr<float>(),
+                                      gA.data_ptr<float>(), gB.data_ptr<float>(), ctx);
+        } else {
+#ifdef MMFL_HAVE_CUDA
+          const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+          k::cuda::multi_lora_forward(xa, aa, ba, off.data_ptr<int64_t>(), ms, float(scale),
+                                      h.data_ptr<float>(), ya.data_ptr<float>(), stream);
+          k::cuda::multi_lora_backward(xa, aa, ba, off.data_ptr<int64_t>(), ms, float(scale),
+                                       h.data_ptr<float>(), gy.data_ptr<float>(),
+                                       g.data_ptr<float>(), gxa.data_ptr<float>(),
+                                       gA.data_ptr<float>(), gB.data_ptr<float>(), stream);
+#endif
+        }
+      });
+      // Useful FLOPs: base forward and input gradient 4 R in out; adapter 6 R r (in + out).
+      r.flops = 4.0 * double(rows) * double(in) * double(out) +
+                6.0 * double(rows) * double(rank) * double(in + out);
+      r.ceiling = ceiling;
+      r.ceiling_name = dev.is_cuda() ? "LibTorch GPU GEMM" : "LibTorch CPU GEMM";
+      char note[256];
+      std::snprintf(note, sizeof note,
+                    "clients/s %.0f vs %.0f (loop); base GEMMs alone %.1f ms, adapter kernels "
+                    "alone %.1f ms",
+                    double(clients) / (r.kernel.median_ms * 1e-3),
+                    double(clients) / (r.baseline.median_ms * 1e-3), base.median_ms,
+                    adapter.median_ms);
+      r.note = note;
+      rep.add(r);
+    }
+  }
 }
 
 void bench_cpu(const Options& o, Report& rep) {
@@ -273,6 +386,15 @@ void bench_cpu(const Options& o, Report& rep) {
       rep.add(r);
     }
   }
+  if (selected(o, "mlora")) {
+    const double gemm = cpu_gemm_flops(2048, 1024);
+    std::printf("# CPU GEMM ceiling (LibTorch matmul 2048x1024 x 1024x2048): %.2f GFLOP/s\n",
+                gemm / 1e9);
+    bench_mlora_rows(
+        o, rep, torch::kCPU,
+        [&](const std::function<void()>& f) { return time_cpu(f, 1, o.quick ? 3 : 5, 30.0); },
+        gemm);
+  }
   if (selected(o, "regularizer")) {
     // The clients' inter-modal term: a batch of B public features against all N global features.
     const int64_t n = o.quick ? 4096 : 50000, d = 256;
@@ -359,6 +481,18 @@ void bench_cuda(const Options& o, Report& rep) {
         2, 10);
     copy_bw = 2.0 * double(bytes) / (t.median_ms * 1e-3);
     std::printf("# device copy bandwidth (1 GiB D2D, read+write): %.1f GB/s\n", copy_bw / 1e9);
+  }
+  if (selected(o, "mlora")) {
+    // fp32 cuBLAS GEMM (TF32 off, as the adapter's base product) of the benchmark's base shape.
+    const auto ga = torch::randn({16384, 1024}, opts), gb = torch::randn({1024, 1024}, opts);
+    const bool tf32_before = at::globalContext().allowTF32CuBLAS();
+    at::globalContext().setAllowTF32CuBLAS(false);
+    const auto tg = time_gpu([&] { torch::matmul(ga, gb); }, 3, 10);
+    const double gemm = 2.0 * 16384.0 * 1024 * 1024 / (tg.median_ms * 1e-3);
+    std::printf("# GPU fp32 GEMM ceiling (16384x1024 x 1024x1024): %.1f TFLOP/s\n", gemm / 1e12);
+    bench_mlora_rows(
+        o, rep, dev, [&](const std::function<void()>& f) { return time_gpu(f, 2, 10); }, gemm);
+    at::globalContext().setAllowTF32CuBLAS(tf32_before);
   }
   if (selected(o, "aggregate")) {
     const int64_t n = 1 << 20;

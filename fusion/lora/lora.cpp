@@ -9,6 +9,7 @@
 #include <cmath>
 #include <memory>
 
+#include "fusion/ops/multi_lora.h"
 #include "mmfl/error.h"
 
 namespace mmfl::fusion {
@@ -51,11 +52,62 @@ LoraLinearImpl::LoraLinearImpl(int64_t in, int64_t out, bool with_bias)
 }
 
 torch::Tensor LoraLinearImpl::forward(const torch::Tensor& x) {
+  if (has_cohort()) return forward_cohort(x);
   auto y = F::linear(x, weight, bias);
   if (!has_adapter()) return y;
   const auto xd =
       dropout > 0 ? F::dropout(x, F::DropoutFuncOptions().p(dropout).training(is_training())) : x;
   return y + scale * F::linear(F::linear(xd, lora_A), lora_B);
+}
+
+void LoraLinearImpl::set_cohort(torch::Tensor A, torch::Tensor B, std::vector<int64_t> offsets) {
+  MMFL_CHECK(has_adapter(),
+             "LoraLinear::set_cohort: the layer has no adapter (add_adapter or "
+             "apply_lora first: its rank and alpha give the cohort's scale)");
+  const int64_t rank = lora_A.size(0);
+  MMFL_CHECK(A.dim() == 3 && A.size(1) == rank && A.size(2) == in_features,
+             "LoraLinear::set_cohort: A must be [clients, ", rank, ", ", in_features,
+             "] (the layer's rank and in_features), got ", A.sizes());
+  MMFL_CHECK(
+      B.dim() == 3 && B.size(0) == A.size(0) && B.size(1) == out_features && B.size(2) == rank,
+      "LoraLinear::set_cohort: B must be [", A.size(0), ", ", out_features, ", ", rank, "], got ",
+      B.sizes());
+  MMFL_CHECK(static_cast<int64_t>(offsets.size()) == A.size(0) + 1,
+             "LoraLinear::set_cohort: offsets must hold clients + 1 = ", A.size(0) + 1,
+             " values, got ", offsets.size());
+  MMFL_CHECK(A.device() == weight.device() && B.device() == weight.device(),
+             "LoraLinear::set_cohort: A and B must be on the layer's device ", weight.device(),
+             ", got ", A.device(), " and ", B.device());
+  cohort_A_ = std::move(A);
+  cohort_B_ = std::move(B);
+  cohort_offsets_ = std::move(offsets);
+}
+
+void LoraLinearImpl::clear_cohort() {
+  cohort_A_ = torch::Tensor();
+  cohort_B_ = torch::Tensor();
+  cohort_offsets_.clear();
+}
+
+torch::Tensor LoraLinearImpl::forward_cohort(const torch::Tensor& x) {
+  MMFL_CHECK(!(dropout > 0 && is_training()),
+             "LoraLinear: adapter dropout (lora.dropout = ", dropout,
+             ") is not supported in cohort mode; set it to 0 or train without a cohort");
+  MMFL_CHECK(x.dim() >= 2 && x.size(-1) == in_features,
+             "LoraLinear (cohort mode): x must be [rows, ..., ", in_features, "], got ", x.sizes());
+  const int64_t rows = x.size(0);
+  const int64_t per_row = x.numel() / std::max<int64_t>(rows, 1) / in_features;
+  MMFL_CHECK(cohort_offsets_.back() == rows, "LoraLinear (cohort mode): the offsets end at ",
+             cohort_offsets_.back(), " but x has ", rows, " rows in its leading dimension");
+  // Offsets count leading rows; the op sees rows * per_row flattened ones.
+  std::vector<int64_t> flat(cohort_offsets_.size());
+  for (size_t c = 0; c < flat.size(); ++c)
+    flat[c] = cohort_offsets_[c] * per_row;
+  auto y = ops::multi_lora_linear(x.reshape({-1, in_features}), weight, bias, cohort_A_, cohort_B_,
+                                  flat, scale);
+  auto shape = x.sizes().vec();
+  shape.back() = out_features;
+  return y.reshape(shape);
 }
 
 void LoraLinearImpl::add_adapter(int64_t rank, double alpha, double p, uint64_t seed) {
@@ -159,6 +211,14 @@ std::vector<torch::Tensor> lora_parameters(torch::nn::Module& root) {
       out.push_back(l->lora_A);
       out.push_back(l->lora_B);
     }
+  return out;
+}
+
+std::vector<LoraLinear> adapted_layers(torch::nn::Module& root) {
+  std::vector<LoraLinear> out;
+  for (const auto& m : root.modules(/*include_self=*/true))
+    if (auto l = std::dynamic_pointer_cast<LoraLinearImpl>(m); l && l->has_adapter())
+      out.emplace_back(l);
   return out;
 }
 

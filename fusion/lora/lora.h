@@ -45,11 +45,28 @@ class LoraLinearImpl : public torch::nn::Module {
   // function is unchanged and the adapter trains on from the merged base (FLoRA-style rounds).
   void merge();
 
+  // Cohort mode: the rows of the input belong to different clients, each with its own adapter,
+  // computed in one pass by fusion::ops::multi_lora_linear over the shared frozen base.
+  // A [C, r, in] and B [C, out, r] (r = this layer's rank, same device as the weight; the layer's
+  // own lora_A / lora_B are not used meanwhile); offsets: C + 1 non-decreasing offsets into the
+  // input's leading dimension (x [R, ..., in]: client c owns x[offsets[c] .. offsets[c+1]-1], e.g.
+  // its sequences), offsets[0] = 0, offsets[C] = R. The update is scaled by this layer's alpha / r.
+  // Adapter dropout is not supported in cohort mode: forward() throws while training with
+  // dropout > 0 (in eval mode dropout is the identity and cohort mode runs).
+  void set_cohort(torch::Tensor A, torch::Tensor B, std::vector<int64_t> offsets);
+  void clear_cohort();
+  bool has_cohort() const { return cohort_A_.defined(); }
+
   int64_t in_features, out_features;
   torch::Tensor weight, bias;    // the base
   torch::Tensor lora_A, lora_B;  // [r, in], [out, r]; undefined without an adapter
   double scale = 0.0;            // alpha / r
   double dropout = 0.0;
+
+ private:
+  torch::Tensor forward_cohort(const torch::Tensor& x);
+  torch::Tensor cohort_A_, cohort_B_;  // [C, r, in], [C, out, r]; undefined outside cohort mode
+  std::vector<int64_t> cohort_offsets_;
 };
 TORCH_MODULE(LoraLinear);
 
@@ -67,6 +84,10 @@ std::vector<std::string> apply_lora(torch::nn::Module& root, const LoraOptions& 
 
 // The adapters' parameters (lora_A, lora_B of every adapted layer), in module order.
 std::vector<torch::Tensor> lora_parameters(torch::nn::Module& root);
+
+// The LoraLinear layers under `root` (itself included) that carry an adapter, in module order (the
+// order of lora_parameters()).
+std::vector<LoraLinear> adapted_layers(torch::nn::Module& root);
 
 // merge() on every adapted layer under `root`.
 void merge_lora(torch::nn::Module& root);

@@ -8,6 +8,7 @@
 
 #include "mmfl/error.h"
 #include "mmfl/kernels/aggregate.h"
+#include "mmfl/kernels/multi_lora.h"
 
 namespace mmfl::kernels::checks {
 
@@ -49,6 +50,28 @@ inline void check_aggregate_args(const char* fn, const float* updates, const flo
   MMFL_CHECK(n == 0 || out != nullptr, fn, ": out is null");
   MMFL_CHECK(acc == Accumulator::kFloat32 || acc == Accumulator::kFloat64, fn,
              ": acc must be Accumulator::kFloat32 or kFloat64, got ", static_cast<int>(acc));
+}
+
+// The sizes of a multi-adapter call (every backend, the device ones included).
+inline void check_multi_lora_shape(const char* fn, const MultiLoraShape& s) {
+  MMFL_CHECK(s.clients >= 1, fn, ": clients must be >= 1, got ", s.clients);
+  MMFL_CHECK(s.rows >= 0, fn, ": rows must be >= 0, got ", s.rows);
+  MMFL_CHECK(s.in >= 1 && s.out >= 1, fn, ": in and out features must be >= 1, got in ", s.in,
+             ", out ", s.out);
+  MMFL_CHECK(s.rank >= 1, fn, ": rank must be >= 1, got ", s.rank);
+}
+
+// The row offsets of a multi-adapter call, in host memory: offsets[c] .. offsets[c+1]-1 are client
+// c's rows.
+inline void check_multi_lora_offsets(const char* fn, const int64_t* offsets,
+                                     const MultiLoraShape& s) {
+  MMFL_CHECK(offsets != nullptr, fn, ": offsets is null");
+  MMFL_CHECK(offsets[0] == 0, fn, ": offsets[0] must be 0, got ", offsets[0]);
+  for (int64_t c = 0; c < s.clients; ++c)
+    MMFL_CHECK(offsets[c + 1] >= offsets[c], fn, ": offsets must not decrease, but offsets[", c + 1,
+               "] = ", offsets[c + 1], " < offsets[", c, "] = ", offsets[c], " (client ", c, ")");
+  MMFL_CHECK(offsets[s.clients] == s.rows, fn, ": offsets[clients] = offsets[", s.clients,
+             "] must equal rows = ", s.rows, ", got ", offsets[s.clients]);
 }
 
 }  // namespace mmfl::kernels::checks

@@ -198,5 +198,125 @@ TEST(Lora, SameSeedSameAdapters) {
   EXPECT_FALSE(torch::equal(pa[0], pa[2]));  // layers draw different A
 }
 
+// Cohort mode: three clients (client 1 without rows) through one pass of a tiny MiniLM whose every
+// linear layer carries a cohort of three adapters, against the same model run once per client with
+// that client's adapter in its single-adapter layers. Loss: sum over clients with rows of each
+// client's mean per-sequence loss. Outputs and every client's A/B gradients agree to fp32 rounding
+// (the multi-adapter kernels sum in another order than LibTorch): 1e-5 + 1e-4 of the largest value.
+TEST(Lora, CohortModeEqualsSeparateSingleAdapterModels) {
+  auto m = tiny(5, 0.0);
+  LoraOptions o;
+  o.targets = {"all-linear"};
+  o.rank = 3;  // not a multiple of any tile
+  apply_lora(*m, o);
+  auto layers = adapted_layers(*m);
+  ASSERT_EQ(layers.size(), 12u);  // 2 layers x (q, k, v, attention out, ffn in, ffn out)
+  EXPECT_EQ(lora_parameters(*m).size(), 2 * layers.size());
+  EXPECT_TRUE(torch::equal(layers[0]->lora_A, lora_parameters(*m)[0]));
+
+  const auto ids = torch::tensor({{2, 5, 6, 7, 3, 0},
+                                  {2, 9, 10, 3, 0, 0},
+                                  {2, 4, 3, 0, 0, 0},
+                                  {2, 11, 8, 6, 5, 3},
+                                  {2, 7, 3, 0, 0, 0}},
+                                 torch::kInt64);
+  const auto mask = (ids != 0).to(torch::kInt64);
+  const std::vector<int64_t> offsets{0, 2, 2, 5};  // client 0: 2 sequences, 1: none, 2: 3
+  const int64_t clients = 3;
+  const auto target = torch::randn({ids.size(0), 8});
+  auto client_loss = [&](const torch::Tensor& emb, int64_t begin, int64_t n) {
+    return (emb - target.narrow(0, begin, n)).pow(2).sum(1).mean();
+  };
+
+  // Per layer: every client's adapter, B non-zero so that A gets gradients too.
+  std::vector<torch::Tensor> A, B;
+  for (const auto& l : layers) {
+    A.push_back(torch::randn({clients, 3, l->in_features}).mul_(0.3).requires_grad_());
+    B.push_back(torch::randn({clients, l->out_features, 3}).mul_(0.3).requires_grad_());
+  }
+  m->train();  // adapter dropout is 0; the base dropout is 0 too (tiny(5, 0.0))
+  for (size_t i = 0; i < layers.size(); ++i)
+    layers[i]->set_cohort(A[i], B[i], offsets);
+  const auto emb = m->embed(ids, mask);
+  torch::Tensor loss = torch::zeros({});
+  for (int64_t c = 0; c < clients; ++c)
+    if (offsets[c + 1] > offsets[c])
+      loss = loss + client_loss(emb.narrow(0, offsets[c], offsets[c + 1] - offsets[c]), offsets[c],
+                                offsets[c + 1] - offsets[c]);
+  loss.backward();
+  for (auto& l : layers)
+    l->clear_cohort();
+
+  auto close = [](const torch::Tensor& a, const torch::Tensor& b) {
+    const double bound = 1e-5 + 1e-4 * b.abs().max().item<double>();
+    return (a - b).abs().max().item<double>() <= bound;
+  };
+  for (int64_t c = 0; c < clients; ++c) {
+    SCOPED_TRACE("client " + std::to_string(c));
+    const int64_t n = offsets[c + 1] - offsets[c];
+    if (n == 0) {  // no rows: zero gradients for its adapters
+      for (size_t i = 0; i < layers.size(); ++i) {
+        EXPECT_EQ(A[i].grad()[c].abs().max().item<float>(), 0.0f);
+        EXPECT_EQ(B[i].grad()[c].abs().max().item<float>(), 0.0f);
+      }
+      continue;
+    }
+    // The single-adapter model of client c: its A and B in the layers' own parameters.
+    for (size_t i = 0; i < layers.size(); ++i) {
+      torch::NoGradGuard no_grad;
+      layers[i]->lora_A.copy_(A[i][c]);
+      layers[i]->lora_B.copy_(B[i][c]);
+      layers[i]->lora_A.mutable_grad() = torch::Tensor();
+      layers[i]->lora_B.mutable_grad() = torch::Tensor();
+    }
+    const auto e = m->embed(ids.narrow(0, offsets[c], n), mask.narrow(0, offsets[c], n));
+    EXPECT_TRUE(close(emb.narrow(0, offsets[c], n).detach(), e.detach()));
+    client_loss(e, offsets[c], n).backward();
+    for (size_t i = 0; i < layers.size(); ++i) {
+      EXPECT_TRUE(close(A[i].grad()[c], layers[i]->lora_A.grad())) << "layer " << i << " A";
+      EXPECT_TRUE(close(B[i].grad()[c], layers[i]->lora_B.grad())) << "layer " << i << " B";
+    }
+  }
+}
+
+TEST(Lora, CohortModeChecksItsArguments) {
+  auto m = tiny(5, 0.0);
+  LoraOptions o;
+  o.rank = 2;
+  o.dropout = 0.1;
+  apply_lora(*m, o);
+  auto l = adapted_layers(*m)[0];
+  const auto a = torch::randn({2, 2, 8}), b = torch::randn({2, 8, 2});
+  EXPECT_NE(error_of([&] {
+              l->set_cohort(torch::randn({2, 3, 8}), b, {0, 1, 2});
+            }).find("A must be [clients, 2, 8]"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] {
+              l->set_cohort(a, b, {0, 2});
+            }).find("clients + 1 = 3"),
+            std::string::npos);
+  l->set_cohort(a, b, {0, 1, 2});
+  EXPECT_TRUE(l->has_cohort());
+  const auto x = torch::randn({2, 4, 8});
+  l->train();
+  EXPECT_NE(error_of([&] { l->forward(x); }).find("not supported in cohort mode"),
+            std::string::npos);
+  l->eval();  // dropout is the identity in eval mode: cohort mode runs
+  const auto y = l->forward(x);
+  EXPECT_EQ(y.sizes(), (std::vector<int64_t>{2, 4, 8}));
+  EXPECT_NE(error_of([&] {
+              l->forward(torch::randn({3, 4, 8}));
+            }).find("x has 3 rows"),
+            std::string::npos);
+  l->clear_cohort();
+  EXPECT_FALSE(l->has_cohort());
+  EXPECT_TRUE(torch::allclose(l->forward(x), l->forward(x)));
+  LoraLinear plain(8, 8);
+  EXPECT_NE(error_of([&] {
+              plain->set_cohort(a, b, {0, 1, 2});
+            }).find("has no adapter"),
+            std::string::npos);
+}
+
 }  // namespace
 }  // namespace mmfl::fusion

@@ -202,6 +202,53 @@ OpCase aggregate_case(int64_t clients, int64_t n, Accumulator acc, bool with_nan
           }};
 }
 
+// Multi-adapter LoRA: clients of the given row counts (zeros included), forward then backward.
+// y and gx start from a random "base" (the kernels add to it). Every output is an fp32 sum of at
+// most max(in, out, rows) terms against the double reference: 1e-5 relative plus 1e-5 of the
+// output's largest value (cancellation; measured well under that bound on the emulator and CPU).
+OpCase multi_lora_case(std::vector<int64_t> client_rows, int64_t in, int64_t out, int64_t rank,
+                       bool with_gx = true) {
+  std::string name = "multi_lora_rows";
+  for (int64_t n : client_rows)
+    name += "_" + std::to_string(n);
+  name += "_in" + std::to_string(in) + "_out" + std::to_string(out) + "_r" + std::to_string(rank) +
+          (with_gx ? "" : "_nogx");
+  return {name, [=](std::mt19937_64& rng) {
+            const int64_t clients = static_cast<int64_t>(client_rows.size());
+            std::vector<int64_t> offsets{0};
+            for (int64_t n : client_rows)
+              offsets.push_back(offsets.back() + n);
+            const int64_t rows = offsets.back();
+            const kernels::MultiLoraShape shape{clients, rows, in, out, rank};
+            const auto x = random_normal(rng, rows * in, 1.0f);
+            const auto a = random_normal(rng, clients * rank * in, 1.0f / std::sqrt(float(in)));
+            const auto b = random_normal(rng, clients * out * rank, 1.0f);
+            const auto y0 = random_normal(rng, rows * out, 1.0f);
+            const auto gy = random_normal(rng, rows * out, 1.0f);
+            const auto gx0 = random_normal(rng, rows * in, 1.0f);
+            const float scale = std::uniform_real_distribution<float>(0.25f, 4.0f)(rng);
+            return CaseRun([=](Backend be) {
+              DeviceBuffer<float> d_x(be, x), d_a(be, a), d_b(be, b), y(be, y0), d_gy(be, gy),
+                  gx(be, gx0);
+              DeviceBuffer<int64_t> d_off(be, offsets);
+              DeviceBuffer<float> h(be, rows * rank), g(be, rows * rank),
+                  ga(be, clients * rank * in), gb(be, clients * out * rank);
+              for (auto* buf : {&h, &g, &ga, &gb})
+                buf->fill(kNaN);
+              ops::multi_lora_forward(be, d_x.get(), d_a.get(), d_b.get(), d_off.get(), shape,
+                                      scale, h.get(), y.get());
+              ops::multi_lora_backward(be, d_x.get(), d_a.get(), d_b.get(), d_off.get(), shape,
+                                       scale, h.get(), d_gy.get(), g.get(),
+                                       with_gx ? gx.get() : nullptr, ga.get(), gb.get());
+              const double t = 1e-5;
+              return std::vector<Output>{
+                  {"h", h.download(), t, t, 1},   {"y", y.download(), t, t, 1},
+                  {"g", g.download(), t, t, 1},   {"gx", gx.download(), t, t, 1},
+                  {"ga", ga.download(), t, t, 1}, {"gb", gb.download(), t, t, 1}};
+            });
+          }};
+}
+
 // Sizes: 1, primes, non-multiples of every backend's tiles (the CUDA code's 64, the CPU path's
 // 128 and 256), banks split into chunks and across blocks.
 const std::vector<OpCase>& registry() {
@@ -221,6 +268,15 @@ const std::vector<OpCase>& registry() {
       for (bool nan : {false, true})
         for (auto [k, n] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {7, 70001}})
           c.push_back(aggregate_case(k, n, acc, nan));
+    // Multi-adapter LoRA: R = 1, clients without rows (first, middle, last, all), ranks that are
+    // not multiples of 16 or 32, segments across the CPU path's 64-row and the GPU's 32-row tiles,
+    // widths across the CPU's 256-column gradient blocks.
+    c.push_back(multi_lora_case({1}, 1, 1, 1));
+    c.push_back(multi_lora_case({3, 0, 5}, 7, 5, 3));
+    c.push_back(multi_lora_case({0, 70, 1, 33}, 67, 45, 13));
+    c.push_back(multi_lora_case({130, 0, 64}, 300, 257, 64));
+    c.push_back(multi_lora_case({0, 0}, 5, 4, 2));
+    c.push_back(multi_lora_case({9, 40, 0}, 33, 31, 17, /*with_gx=*/false));
     return c;
   }();
   return cases;

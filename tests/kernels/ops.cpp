@@ -96,4 +96,18 @@ int64_t weighted_sum_finite(Backend backend, const float* updates, const float* 
   }
 }
 
+void multi_lora_forward(Backend backend, const float* x, const float* a, const float* b,
+                        const int64_t* offsets, const kernels::MultiLoraShape& shape, float scale,
+                        float* h, float* y) {
+  MMFL_TEST_DISPATCH(backend, multi_lora_forward, x, a, b, offsets, shape, scale, h, y)
+}
+
+void multi_lora_backward(Backend backend, const float* x, const float* a, const float* b,
+                         const int64_t* offsets, const kernels::MultiLoraShape& shape, float scale,
+                         const float* h, const float* gy, float* g, float* gx, float* ga,
+                         float* gb) {
+  MMFL_TEST_DISPATCH(backend, multi_lora_backward, x, a, b, offsets, shape, scale, h, gy, g, gx, ga,
+                     gb)
+}
+
 }  // namespace mmfl::test::ops

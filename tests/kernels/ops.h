@@ -10,6 +10,7 @@
 #include "mmfl/kernels/aggregate.h"
 #include "mmfl/kernels/bank_ce.h"
 #include "mmfl/kernels/infonce.h"
+#include "mmfl/kernels/multi_lora.h"
 
 namespace mmfl::test::ops {
 
@@ -42,5 +43,13 @@ void weighted_sum(Backend backend, const float* updates, const float* weights, i
 int64_t weighted_sum_finite(Backend backend, const float* updates, const float* weights,
                             int64_t clients, int64_t n, float* out, uint8_t* bad,
                             kernels::Accumulator acc);
+
+void multi_lora_forward(Backend backend, const float* x, const float* a, const float* b,
+                        const int64_t* offsets, const kernels::MultiLoraShape& shape, float scale,
+                        float* h, float* y);
+void multi_lora_backward(Backend backend, const float* x, const float* a, const float* b,
+                         const int64_t* offsets, const kernels::MultiLoraShape& shape, float scale,
+                         const float* h, const float* gy, float* g, float* gx, float* ga,
+                         float* gb);
 
 }  // namespace mmfl::test::ops
