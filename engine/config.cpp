@@ -472,6 +472,7 @@ Config parse_config(const YAML::Node& root, const std::string& origin) {
                  ": give a fraction in (0, 1] or a whole count of entries");
     f.error_feedback = s.get<bool>("error_feedback", f.error_feedback);
     f.dump_round = s.get_int("dump_round", f.dump_round, 0, 1000000);
+    f.cohort = s.get_choice("cohort", f.cohort, {"auto", "on", "off"});
     s.finish();
     fusion::validate_lora_options(l, "lora.");
     const bool merges = f.rule == LoraRule::kStack || f.rule == LoraRule::kProduct;

@@ -131,6 +131,9 @@ struct LoraFedConfig {
   double download_density = 1.0;
   bool error_feedback = true;  // what a client did not send is added to its next delta
   int64_t dump_round = 0;      // write that round's packets, residuals, aggregate as .npy
+  // Train the cohort's text-holding clients together, one pass per step over the shared frozen
+  // base (multi-adapter kernels): "on", "off", or "auto" (on where the device is a GPU).
+  std::string cohort = "auto";
 };
 
 struct Config {

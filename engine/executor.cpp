@@ -83,7 +83,8 @@ std::vector<torch::Tensor> shuffled_batches(const std::vector<int64_t>& indices,
 }
 
 torch::Tensor supervised_loss(GlobalModel& towers, ClientKind kind, const PairedSplit& split,
-                              const torch::Tensor& rows, const TrainConfig& t) {
+                              const torch::Tensor& rows, const TrainConfig& t,
+                              const torch::Tensor& text_features) {
   const bool img = holds_image(kind), txt = holds_text(kind);
   const auto y = split.labels.index_select(0, rows);
   torch::Tensor loss = torch::zeros({}, split.images.options());
@@ -93,7 +94,8 @@ torch::Tensor supervised_loss(GlobalModel& towers, ClientKind kind, const Paired
     loss = loss + F::cross_entropy(towers.image->logits(zi), y);
   }
   if (txt) {
-    zt = towers.text->features(split.tokens.index_select(0, rows));
+    zt = text_features.defined() ? text_features
+                                 : towers.text->features(split.tokens.index_select(0, rows));
     loss = loss + F::cross_entropy(towers.text->logits(zt), y);
   }
   if (img && txt && t.contrastive_weight > 0 && rows.size(0) > 1) {

@@ -127,8 +127,11 @@ ExecutorKind resolve_executor_kind(ExecutorKind kind, const torch::Device& devic
 // The supervised loss of one batch of `split` rows for a client of `kind` holding `towers`:
 // cross entropy of each held tower's class head, plus (image and text held) the symmetric
 // InfoNCE of the two towers' features weighted by `t.contrastive_weight`.
+// `text_features`, when given, are the text tower's features of `rows` computed by the caller
+// (federated LoRA's cohort pass).
 torch::Tensor supervised_loss(GlobalModel& towers, ClientKind kind, const PairedSplit& split,
-                              const torch::Tensor& rows, const TrainConfig& t);
+                              const torch::Tensor& rows, const TrainConfig& t,
+                              const torch::Tensor& text_features = {});
 
 // One epoch's batches of `indices` (rows of a split) in a seeded random order, on `device`.
 std::vector<torch::Tensor> shuffled_batches(const std::vector<int64_t>& indices, int64_t batch_size,

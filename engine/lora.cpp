@@ -1,10 +1,13 @@
 #include "engine/lora.h"
 
+#include <torch/nn/utils/clip_grad.h>
+
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <mutex>
 #include <random>
 
 #include "engine/npy.h"
@@ -180,6 +183,130 @@ torch::Tensor weighted_mean(const std::vector<torch::Tensor>& rows, const std::v
 
 }  // namespace
 
+// Trains the text-holding clients of a cohort together: at each step, every client that still
+// has a batch contributes its rows to one forward and backward pass of the shared base, its
+// adapters applied to its own rows by the multi-adapter kernels (LoraLinear cohort mode); the
+// projection, head, image tower and optimizer stay per client. Each client sees the batches
+// the one-client trainer would give it (same seeded order) and its loss is its own, so its
+// update equals that trainer's up to the rounding of the larger products.
+class LoraCohortTrainer {
+ public:
+  LoraCohortTrainer(const Config& cfg, const FederatedData& data) : cfg_(cfg), data_(data) {}
+
+  std::vector<Update> train(const std::vector<const ClientSpec*>& clients, LocalTask& task,
+                            Tower& driver, int64_t round) {
+    const auto& t = cfg_.train;
+    const auto dev = data_.pool.images.device();
+    const size_t C = clients.size();
+    while (models_.size() < C) {
+      GlobalModel m;
+      {
+        std::lock_guard<std::mutex> lock(torch_init_mutex());
+        m.image = make_image_tower(cfg_.model.image, data_.height, data_.width, data_.num_classes);
+        m.text =
+            make_text_tower(cfg_.model.text, 0, cfg_.data.max_tokens, data_.num_classes, &cfg_);
+      }
+      m.image->to(dev);
+      m.text->to(dev);
+      models_.push_back(std::move(m));
+    }
+    struct Client {
+      std::unique_ptr<ClientJob> job;
+      std::unique_ptr<torch::optim::Optimizer> opt;
+      std::vector<torch::Tensor> params;
+      std::vector<torch::Tensor> batches;  // every epoch's, in order
+      torch::Tensor loss_sum;
+      int64_t steps = 0;
+    };
+    std::vector<Client> cs(C);
+    size_t longest = 0;
+    for (size_t c = 0; c < C; ++c) {
+      const auto& spec = *clients[c];
+      auto& cl = cs[c];
+      auto& m = models_[c];
+      cl.job = task.job(spec);
+      if (cl.job->image.defined()) {
+        m.image->load_flat(cl.job->image);
+        for (auto& p : m.image->trainable_parameters())
+          cl.params.push_back(p);
+      }
+      m.text->load_flat(cl.job->text);
+      for (auto& p : m.text->trainable_parameters())
+        cl.params.push_back(p);
+      TowerView view(m, cfg_.eval_batch_size);
+      cl.job->begin(view);
+      cl.opt = make_optimizer(t, t.lr, cl.params);
+      auto rng = make_rng(cfg_.seed, kStreamLocalOrder, uint64_t(round), uint64_t(spec.id));
+      for (int64_t e = 0; e < t.epochs; ++e)
+        for (auto& b : shuffled_batches(spec.indices, t.batch_size, rng, dev))
+          cl.batches.push_back(b);
+      cl.loss_sum = torch::zeros({}, data_.pool.images.options());
+      longest = std::max(longest, cl.batches.size());
+      m.image->train();
+      m.text->train();
+    }
+    auto& drv = minilm(driver);
+    for (size_t step = 0; step < longest; ++step) {
+      std::vector<size_t> act;
+      std::vector<int64_t> offsets = {0};
+      std::vector<torch::Tensor> ids;
+      for (size_t c = 0; c < C; ++c) {
+        if (step >= cs[c].batches.size()) continue;
+        act.push_back(c);
+        ids.push_back(data_.pool.tokens.index_select(0, cs[c].batches[step]));
+        offsets.push_back(offsets.back() + ids.back().size(0));
+      }
+      for (size_t l = 0; l < drv.adapted().size(); ++l) {
+        std::vector<torch::Tensor> A, B;
+        for (size_t c : act) {
+          auto& enc = minilm(*models_[c].text);
+          A.push_back(enc.adapted()[l]->lora_A);
+          B.push_back(enc.adapted()[l]->lora_B);
+        }
+        drv.adapted()[l].ptr()->set_cohort(torch::stack(A), torch::stack(B), offsets);
+      }
+      const auto z = drv.sentence(torch::cat(ids));
+      torch::Tensor total;
+      for (size_t i = 0; i < act.size(); ++i) {
+        auto& m = models_[act[i]];
+        const auto zt =
+            minilm(*m.text).project(z.narrow(0, offsets[i], offsets[i + 1] - offsets[i]));
+        const auto loss =
+            supervised_loss(m, clients[act[i]]->kind, data_.pool, cs[act[i]].batches[step], t, zt);
+        cs[act[i]].loss_sum += loss.detach();
+        ++cs[act[i]].steps;
+        total = total.defined() ? total + loss : loss;
+      }
+      for (size_t c : act)
+        cs[c].opt->zero_grad();
+      total.backward();
+      for (size_t c : act) {
+        if (t.grad_clip > 0) torch::nn::utils::clip_grad_norm_(cs[c].params, t.grad_clip);
+        cs[c].opt->step();
+      }
+    }
+    for (auto& layer : drv.adapted())
+      layer.ptr()->clear_cohort();
+    std::vector<Update> out(C);
+    for (size_t c = 0; c < C; ++c) {
+      auto& u = out[c];
+      u.client_id = clients[c]->id;
+      u.kind = clients[c]->kind;
+      u.num_samples = int64_t(clients[c]->indices.size());
+      u.loss = cs[c].steps ? cs[c].loss_sum.item<double>() / double(cs[c].steps) : 0.0;
+      u.bytes_down = cs[c].job->down.bytes();
+      TowerView view(models_[c], cfg_.eval_batch_size);
+      cs[c].job->finish(view, u);
+    }
+    return out;
+  }
+
+ private:
+  const Config& cfg_;
+  const FederatedData& data_;
+  std::vector<GlobalModel> models_;  // one resident model per cohort slot, reused every round
+};
+
 LoraLayout lora_layout(Tower& text_tower, LoraRule rule) {
   LoraLayout L;
   std::map<std::string, std::pair<int64_t, int64_t>> pos;
@@ -274,9 +401,14 @@ LoraStrategy::LoraStrategy(const Config& cfg, const FederatedData& data, std::st
   global_.image->to(dev);
   global_.text->to(dev);
   layout_ = lora_layout(*global_.text, cfg.lora_fed.rule);
+  const auto& mode = cfg.lora_fed.cohort;
+  if (cfg.lora_fed.rule != LoraRule::kNone && (mode == "on" || (mode == "auto" && dev.is_cuda())))
+    cohort_ = std::make_unique<LoraCohortTrainer>(cfg, data);
   if (layout_.sent.numel() > 0)
     broadcast_ = global_.text->flat().cpu().index_select(0, layout_.sent);
 }
+
+LoraStrategy::~LoraStrategy() = default;
 
 void LoraStrategy::merge_into_base(const std::vector<Update>& updates, const std::vector<double>& w,
                                    int64_t round) {
@@ -356,7 +488,20 @@ RoundStats LoraStrategy::run_round(const std::vector<const ClientSpec*>& cohort,
   if (broadcast_.defined()) ctx.text_start.index_copy_(0, layout_.sent, broadcast_);
 
   LoraTask task(ctx);
-  const auto updates = executor_->train(cohort, task, round);
+  std::vector<Update> updates;
+  if (cohort_) {
+    // Text-holding clients in one cohort pass, image-only ones by the executor; cohort order.
+    std::vector<const ClientSpec*> text, image;
+    for (const auto* c : cohort)
+      (holds_text(c->kind) ? text : image).push_back(c);
+    auto ut = cohort_->train(text, task, *global_.text, round);
+    auto ui = executor_->train(image, task, round);
+    size_t it = 0, ii = 0;
+    for (const auto* c : cohort)
+      updates.push_back(std::move(holds_text(c->kind) ? ut[it++] : ui[ii++]));
+  } else {
+    updates = executor_->train(cohort, task, round);
+  }
   const auto rep = FedAvg::aggregate(updates, global_);  // the image tower
   RoundStats s = round_stats(updates);
   for (auto id : rep.skipped)
@@ -524,6 +669,7 @@ nlohmann::json LoraStrategy::describe() const {
           {"adapted_layers", enc.adapted_names()},
           {"rule", to_string(cfg_.lora_fed.rule)},
           {"executor", executor_->name()},
+          {"cohort_pass", bool(cohort_)},
           {"clients_with_state", states_.size()}};
 }
 

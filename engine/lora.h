@@ -51,10 +51,13 @@ LoraLayout lora_layout(Tower& text_tower, LoraRule rule);
 torch::Tensor lora_merged_delta(LoraRule rule, const torch::Tensor& A, const torch::Tensor& B,
                                 const torch::Tensor& w, double scale);
 
+class LoraCohortTrainer;
+
 class LoraStrategy : public Strategy {
  public:
   // `run_dir` receives the state store's spill files and the lora.dump_round files.
   LoraStrategy(const Config& cfg, const FederatedData& data, std::string run_dir);
+  ~LoraStrategy() override;
   std::string name() const override { return "lora"; }
   RoundStats run_round(const std::vector<const ClientSpec*>& cohort, int64_t round) override;
   EvalResult evaluate() override;
@@ -76,6 +79,7 @@ class LoraStrategy : public Strategy {
   std::string run_dir_;
   GlobalModel global_;
   std::unique_ptr<Executor> executor_;
+  std::unique_ptr<LoraCohortTrainer> cohort_;  // lora.cohort: the text-holding clients together
   ClientStateStore states_;
   LoraLayout layout_;
   torch::Tensor broadcast_;   // the sent adapter entries as clients hold them

@@ -93,15 +93,18 @@ void MiniLmEncoder::train(bool on) {
 }
 
 torch::Tensor MiniLmEncoder::forward(const torch::Tensor& ids) {
+  return project(sentence(ids));
+}
+
+torch::Tensor MiniLmEncoder::sentence(const torch::Tensor& ids) {
   MMFL_CHECK(ids.dim() == 2, "MiniLM text tower expects token ids [batch, tokens], got ",
              ids.sizes());
   auto mask = ids.ne(pad_id_).to(torch::kInt64);
   // Columns past the batch's longest text hold padding only: dropped, they change nothing
-  // (masked in attention and pooling) and cost a third of the work on short captions.
+  // (masked in attention and pooling).
   const int64_t len = std::max<int64_t>(1, mask.sum(1).max().item<int64_t>());
-  if (len < ids.size(1))
-    return proj_->forward(base_->embed(ids.narrow(1, 0, len), mask.narrow(1, 0, len)));
-  return proj_->forward(base_->embed(ids, mask));
+  if (len < ids.size(1)) return base_->embed(ids.narrow(1, 0, len), mask.narrow(1, 0, len));
+  return base_->embed(ids, mask);
 }
 
 std::vector<int64_t> encode_padded(const modalities::WordPieceTokenizer& tok,

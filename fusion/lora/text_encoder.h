@@ -38,6 +38,11 @@ class MiniLmEncoder : public modalities::Encoder {
   // ids [B, L] int64 (WordPiece, [PAD] = padding) -> [B, embed_dim]: the projection of the
   // L2-normalized mean-pooled sentence embedding.
   torch::Tensor forward(const torch::Tensor& ids) override;
+  // The two halves of forward(): the base's L2-normalized mean-pooled embedding [B, hidden]
+  // (through the adapters, or through a cohort's adapters where the layers have one set), and
+  // the trained projection of it.
+  torch::Tensor sentence(const torch::Tensor& ids);
+  torch::Tensor project(const torch::Tensor& z) { return proj_->forward(z); }
   int64_t embed_dim() const override { return embed_dim_; }
   void train(bool on = true) override;  // the base stays in eval mode
 

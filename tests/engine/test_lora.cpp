@@ -215,6 +215,31 @@ TEST_F(LoraRun, SparseAndMergingRunsResumeExactly) {
   }
 }
 
+// The cohort pass (all text-holding clients through the shared base at once, multi-adapter
+// kernels) gives every client the update the one-client trainer gives it, up to the rounding of
+// the larger products: fedavg (A and B train) and stack (the driver's base is the merged one).
+TEST_F(LoraRun, CohortPassMatchesOneClientAtATime) {
+  for (const std::string rule : {"fedavg", "stack"}) {
+    SCOPED_TRACE(rule);
+    auto w = world({"lora.rule=" + rule, "lora.cohort=off", "train.epochs=2"});
+    auto wc = world({"lora.rule=" + rule, "lora.cohort=on", "train.epochs=2"});
+    LoraStrategy one(w->cfg, w->data, (base_ / ("one_" + rule)).string());
+    LoraStrategy all(wc->cfg, wc->data, (base_ / ("all_" + rule)).string());
+    EXPECT_FALSE(one.describe()["cohort_pass"].get<bool>());
+    EXPECT_TRUE(all.describe()["cohort_pass"].get<bool>());
+    for (int64_t round = 1; round <= 2; ++round) {
+      const auto a = one.run_round(w->cohort, round), b = all.run_round(wc->cohort, round);
+      EXPECT_NEAR(a.train_loss, b.train_loss, 1e-4);
+      EXPECT_EQ(a.bytes_up, b.bytes_up);
+    }
+    const auto ta = one.global().text->flat(), tb = all.global().text->flat();
+    EXPECT_LT((ta - tb).abs().max().item<double>(), 1e-4);
+    EXPECT_GT(ta.abs().max().item<double>(), 1e-2);
+    EXPECT_TRUE(
+        torch::allclose(one.global().image->flat(), all.global().image->flat(), 1e-4, 1e-5));
+  }
+}
+
 TEST_F(LoraRun, BadSettingsAreConfigErrors) {
   EXPECT_THROW(config({"lora.rule=stack", "lora.upload_density=0.1"}), Error);
   EXPECT_THROW(config({"lora.upload_density=1.5"}), Error);
