@@ -96,4 +96,15 @@ int64_t weighted_sum_finite(Backend backend, const float* updates, const float* 
   }
 }
 
+void topk_by_magnitude(Backend backend, const float* x, int64_t rows, int64_t n, int64_t k,
+                       int32_t* indices, float* values, float* residual) {
+  MMFL_TEST_DISPATCH(backend, topk_by_magnitude, x, rows, n, k, indices, values, residual)
+}
+
+void sparse_weighted_sum(Backend backend, const int32_t* indices, const float* values,
+                         const float* weights, int64_t rows, int64_t k, int64_t n, float* out,
+                         kernels::Accumulator acc) {
+  MMFL_TEST_DISPATCH(backend, sparse_weighted_sum, indices, values, weights, rows, k, n, out, acc)
+}
+
 }  // namespace mmfl::test::ops

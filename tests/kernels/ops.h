@@ -10,6 +10,7 @@
 #include "mmfl/kernels/aggregate.h"
 #include "mmfl/kernels/bank_ce.h"
 #include "mmfl/kernels/infonce.h"
+#include "mmfl/kernels/sparse.h"
 
 namespace mmfl::test::ops {
 
@@ -42,5 +43,11 @@ void weighted_sum(Backend backend, const float* updates, const float* weights, i
 int64_t weighted_sum_finite(Backend backend, const float* updates, const float* weights,
                             int64_t clients, int64_t n, float* out, uint8_t* bad,
                             kernels::Accumulator acc);
+
+void topk_by_magnitude(Backend backend, const float* x, int64_t rows, int64_t n, int64_t k,
+                       int32_t* indices, float* values, float* residual);
+void sparse_weighted_sum(Backend backend, const int32_t* indices, const float* values,
+                         const float* weights, int64_t rows, int64_t k, int64_t n, float* out,
+                         kernels::Accumulator acc);
 
 }  // namespace mmfl::test::ops

@@ -6,9 +6,11 @@
 #include "mmfl/kernels/aggregate.h"
 #include "mmfl/kernels/bank_ce.h"
 #include "mmfl/kernels/infonce.h"
+#include "mmfl/kernels/sparse.h"
 
 namespace mmfl::kernels::simt {
 #include "mmfl/kernels/device/aggregate.inc"
 #include "mmfl/kernels/device/bank_ce.inc"
 #include "mmfl/kernels/device/infonce.inc"
+#include "mmfl/kernels/device/sparse.inc"
 }  // namespace mmfl::kernels::simt
