@@ -15,18 +15,14 @@
 
 #include "../common/sparse_checks.h"
 #include "mmfl/kernels/sparse.h"
-#include "simd.h"
+#include "simd.h"  // run_tasks, ceil_div
 
 namespace mmfl::kernels::cpu {
 namespace {
 
-using detail::kLanes;
-using detail::VecF;
-using detail::VecI;
-
 // Values per row sampled to place the threshold: enough that the rank estimate's spread
 // (sqrt(s p (1 - p)) of s samples) keeps the candidates within a few percent of k.
-constexpr int64_t kSamples = 2048;
+constexpr int64_t kSamples = 512;
 // Output values per aggregation task: the running sums (32 KiB in fp64) stay in L1.
 constexpr int64_t kSumChunk = 4096;
 
@@ -52,49 +48,70 @@ uint32_t sample_threshold(const float* row, int64_t n, int64_t k, std::vector<ui
   return keys[r];
 }
 
-// Copies row to res (unless res is null) and appends to cand the index of every entry whose key is
-// >= t, in ascending order. cand holds n + kLanes (the branch-free append writes one slot ahead).
-// Returns the number of candidates.
-MMFL_CPU_CLONES
+// Appends to cand the index of every entry whose key is >= t, in ascending order, and copies the
+// row to res (unless res is null), block by block: each block is copied (memcpy's wide stores)
+// and then scanned from L1, so the row is read from memory once. cand holds n + 1 (the
+// branch-free append writes one slot ahead). Returns the number of candidates. The scan is scalar
+// (the running count is a serial dependency), about a cycle an entry: under the cost of streaming
+// the row from memory.
 int64_t copy_and_collect(const float* row, float* res, int64_t n, uint32_t t, int32_t* cand) {
-  int64_t m = 0, j = 0;
-  const int32_t ti = static_cast<int32_t>(t);  // keys and t are < 2^31: signed compares are exact
-  for (; j + kLanes <= n; j += kLanes) {
-    const VecF v = detail::load(row + j);
-    if (res != nullptr) detail::store(res + j, v);
-    VecI bits;
-    std::memcpy(&bits, &v, sizeof bits);
-    const VecI ge = (bits & 0x7fffffff) >= ti;
-    // Most vectors hold no candidate at low densities: skip them after one reduction.
-    VecI any = ge;
-    for (int w = kLanes / 2; w >= 1; w /= 2)
-      for (int l = 0; l < w; ++l)
-        any[l] |= any[l + w];
-    if (any[0] == 0) continue;
-    for (int l = 0; l < kLanes; ++l) {
-      cand[m] = static_cast<int32_t>(j + l);
-      m -= ge[l];  // ge[l] is -1 where true
+  constexpr int64_t kBlock = 2048;  // 8 KiB: stays in L1 between the copy and the scan
+  int64_t m = 0;
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t end = std::min(n, b + kBlock);
+    if (res != nullptr) std::memcpy(res + b, row + b, static_cast<size_t>(end - b) * sizeof(float));
+    for (int64_t j = b; j < end; ++j) {
+      cand[m] = static_cast<int32_t>(j);
+      m += magnitude_key(row[j]) >= t ? 1 : 0;
     }
-  }
-  for (; j < n; ++j) {
-    if (res != nullptr) res[j] = row[j];
-    cand[m] = static_cast<int32_t>(j);
-    m += magnitude_key(row[j]) >= t ? 1 : 0;
   }
   return m;
 }
 
+// The k-th largest of keys[0, m) (1 <= k < m), and how many keys equal to it are sent: k minus
+// the number above it. A histogram of the top 12 key bits (the exponent and 3 mantissa bits)
+// narrows the search to one bin, whose keys alone are partially sorted; keys is reordered.
+void kth_largest(std::vector<uint32_t>& keys, int64_t m, int64_t k, uint32_t* kth, int64_t* ties) {
+  auto nth = [&](int64_t len, int64_t rank) {  // rank-th largest (0-based) of keys[0, len)
+    std::nth_element(keys.begin(), keys.begin() + rank, keys.begin() + len,
+                     std::greater<uint32_t>());
+    return keys[rank];
+  };
+  constexpr int kShift = 19;
+  constexpr int kHistBins = 1 << (31 - kShift);
+  int64_t above = 0, len = m;
+  if (m > 2048) {  // below this nth_element alone is as fast
+    thread_local std::vector<int32_t> hist;
+    hist.assign(kHistBins, 0);
+    for (int64_t i = 0; i < m; ++i)
+      ++hist[keys[i] >> kShift];
+    uint32_t b = kHistBins - 1;
+    for (; b > 0; --b) {
+      if (above + hist[b] >= k) break;
+      above += hist[b];
+    }
+    len = 0;
+    for (int64_t i = 0; i < m; ++i)
+      if ((keys[i] >> kShift) == b) keys[len++] = keys[i];
+  }
+  *kth = nth(len, k - above - 1);
+  int64_t greater = 0;
+  for (int64_t i = 0; i < len; ++i)
+    greater += keys[i] > *kth ? 1 : 0;
+  *ties = k - above - greater;
+}
+
 void topk_row(const float* row, int64_t n, int64_t k, int32_t* indices, float* values, float* res) {
-  float* copy_to = res == row ? nullptr : res;
+  const bool copy = res != row;
   if (k == 0) {
-    if (copy_to != nullptr) std::memcpy(copy_to, row, static_cast<size_t>(n) * sizeof(float));
+    if (copy) std::memcpy(res, row, static_cast<size_t>(n) * sizeof(float));
     return;
   }
   thread_local std::vector<int32_t> cand;
   thread_local std::vector<uint32_t> keys;
-  cand.resize(static_cast<size_t>(n + kLanes));
+  cand.resize(static_cast<size_t>(n + 1));
   const uint32_t t = k == n ? 0 : sample_threshold(row, n, k, keys);
-  int64_t m = copy_and_collect(row, copy_to, n, t, cand.data());
+  int64_t m = copy_and_collect(row, copy ? res : nullptr, n, t, cand.data());
   if (m < k) {  // the sample misjudged (rare, or adversarial data): every entry is a candidate
     for (int64_t j = 0; j < n; ++j)
       cand[j] = static_cast<int32_t>(j);
@@ -108,14 +125,7 @@ void topk_row(const float* row, int64_t n, int64_t k, int32_t* indices, float* v
   const bool all = m == k;  // every candidate is sent
   uint32_t kth = 0;
   int64_t ties = 0;
-  if (!all) {
-    std::nth_element(keys.begin(), keys.begin() + (k - 1), keys.end(), std::greater<uint32_t>());
-    kth = keys[k - 1];
-    int64_t above = 0;
-    for (int64_t i = 0; i < m; ++i)
-      above += keys[i] > kth ? 1 : 0;
-    ties = k - above;
-  }
+  if (!all) kth_largest(keys, m, k, &kth, &ties);
   int64_t o = 0;
   for (int64_t i = 0; i < m && o < k; ++i) {
     const int32_t j = cand[i];
