@@ -182,6 +182,23 @@ void bench_topk_cpu(const Options& o, Report& rep, const k::cpu::Context& ctx) {
         "residual written apart; baseline: torch::topk(|x|) + gather + clone/scatter_ + "
         "index_add_; ceiling: one read of all deltas";
     rep.add(r);
+    // The same with the residual written over the delta (kernels/sparse.h allows residual == x):
+    // only the sent entries are written, so the memory traffic is one read. Each repeat sparsifies
+    // what the previous one left (same shapes, same work).
+    auto y = x.clone();
+    Row in_place = r;
+    in_place.op = "topk_pack_agg_inplace";
+    in_place.kernel = time_cpu(
+        [&] {
+          k::cpu::topk_by_magnitude(y.data_ptr<float>(), clients, n, kk, idx.data_ptr<int32_t>(),
+                                    val.data_ptr<float>(), y.data_ptr<float>(), ctx);
+          k::cpu::sparse_weighted_sum(idx.data_ptr<int32_t>(), val.data_ptr<float>(),
+                                      w.data_ptr<float>(), clients, kk, n, out.data_ptr<float>(),
+                                      k::Accumulator::kFloat64, ctx);
+        },
+        1, 5);
+    in_place.note = "residual over the delta (in place); baseline as above";
+    rep.add(in_place);
   }
 }
 
