@@ -276,8 +276,8 @@ const std::vector<OpCase>& registry() {
       c.push_back(topk_case(r, n, kk));
     c.push_back(topk_case(3, 1031, 100, true));
     for (auto acc : {Accumulator::kFloat32, Accumulator::kFloat64})
-      for (auto [r, kk, n] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
-               {1, 1, 1}, {3, 0, 10}, {7, 41, 4099}, {260, 13, 2500}})
+      for (auto [r, kk, n] :
+           std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1, 1, 1}, {3, 0, 10}, {7, 41, 4099}})
         c.push_back(sparse_sum_case(r, kk, n, acc));
     return c;
   }();
