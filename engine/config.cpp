@@ -168,7 +168,7 @@ modalities::TextEncoderConfig parse_text_encoder(Section& parent, const std::str
                                                  modalities::TextEncoderConfig def) {
   Section e = parent.child(key);
   def.kind = modalities::text_encoder_kind_from(
-      e.get_choice("kind", modalities::to_string(def.kind), {"bow", "transformer"}));
+      e.get_choice("kind", modalities::to_string(def.kind), {"bow", "transformer", "minilm"}));
   def.width = e.get_int("width", def.width, 1, 65536);
   def.depth = e.get_int("depth", def.depth, 0, 16);
   def.heads = e.get_int("heads", def.heads, 1, 256);
@@ -212,8 +212,29 @@ std::string to_string(StrategyKind s) {
       return "creamfl";
     case StrategyKind::kPublicOnly:
       return "public_only";
+    case StrategyKind::kLora:
+      return "lora";
     default:
       MMFL_FAIL("unknown StrategyKind ", static_cast<int>(s));
+  }
+}
+
+std::string to_string(LoraRule r) {
+  switch (r) {
+    case LoraRule::kNone:
+      return "none";
+    case LoraRule::kFedAvg:
+      return "fedavg";
+    case LoraRule::kFfa:
+      return "ffa";
+    case LoraRule::kFedSa:
+      return "fedsa";
+    case LoraRule::kStack:
+      return "stack";
+    case LoraRule::kProduct:
+      return "product";
+    default:
+      MMFL_FAIL("unknown LoraRule ", static_cast<int>(r));
   }
 }
 
@@ -355,16 +376,28 @@ Config parse_config(const YAML::Node& root, const std::string& origin) {
   }
   {
     Section s = top.child("strategy");
-    const std::string name = s.get_choice("name", "fedavg", {"fedavg", "creamfl", "public_only"});
+    const std::string name =
+        s.get_choice("name", "fedavg", {"fedavg", "creamfl", "public_only", "lora"});
     c.strategy = name == "fedavg"    ? StrategyKind::kFedAvg
                  : name == "creamfl" ? StrategyKind::kCreamFl
+                 : name == "lora"    ? StrategyKind::kLora
                                      : StrategyKind::kPublicOnly;
     s.finish();
+    const bool minilm = c.model.text.kind == modalities::TextEncoderKind::kMiniLm;
+    MMFL_CHECK(c.strategy != StrategyKind::kLora || minilm,
+               "'strategy.name' = 'lora' adapts the pretrained text base; set "
+               "model.text_encoder.kind: minilm");
+    MMFL_CHECK(c.strategy == StrategyKind::kLora || !minilm,
+               "model.text_encoder.kind 'minilm' (the pretrained base with adapters) is trained "
+               "by strategy.name: lora");
+    MMFL_CHECK(!c.model.heterogeneous || !minilm,
+               "model.kinds: the MiniLM text tower is one architecture for every client kind");
     MMFL_CHECK(c.strategy != StrategyKind::kFedAvg || !c.model.heterogeneous,
                "config key 'model.kinds' gives client kinds different encoders, but "
                "'strategy.name' = 'fedavg' averages weights and needs one architecture per "
                "modality; use strategy.name: creamfl for heterogeneous clients");
-    MMFL_CHECK(c.strategy == StrategyKind::kFedAvg || c.data.public_size > 0,
+    MMFL_CHECK(c.strategy == StrategyKind::kFedAvg || c.strategy == StrategyKind::kLora ||
+                   c.data.public_size > 0,
                "config key 'data.public_size' = 0, but strategy '", name,
                "' trains on the server's public set; give it at least one sample");
   }
@@ -425,8 +458,31 @@ Config parse_config(const YAML::Node& root, const std::string& origin) {
       start = comma + 1;
     }
     l.seed = c.seed;
+    auto& f = c.lora_fed;
+    const std::string rule = s.get_choice("rule", to_string(f.rule),
+                                          {"none", "fedavg", "ffa", "fedsa", "stack", "product"});
+    for (auto r : {LoraRule::kNone, LoraRule::kFedAvg, LoraRule::kFfa, LoraRule::kFedSa,
+                   LoraRule::kStack, LoraRule::kProduct})
+      if (to_string(r) == rule) f.rule = r;
+    f.upload_density = s.get_double("upload_density", f.upload_density, 1e-9, 1e12);
+    f.download_density = s.get_double("download_density", f.download_density, 1e-9, 1e12);
+    for (const auto& [key, v] : {std::pair<std::string, double>{"upload_density", f.upload_density},
+                                 {"download_density", f.download_density}})
+      MMFL_CHECK(v <= 1.0 || v == std::floor(v), "config key 'lora.", key, "' = ", v,
+                 ": give a fraction in (0, 1] or a whole count of entries");
+    f.error_feedback = s.get<bool>("error_feedback", f.error_feedback);
+    f.dump_round = s.get_int("dump_round", f.dump_round, 0, 1000000);
     s.finish();
     fusion::validate_lora_options(l, "lora.");
+    const bool merges = f.rule == LoraRule::kStack || f.rule == LoraRule::kProduct;
+    MMFL_CHECK(!merges || (f.upload_density == 1.0 && f.download_density == 1.0),
+               "config key 'lora.rule' = '", rule,
+               "' sends the clients' factors and merges them into the base each round; sparse "
+               "deltas (lora.upload_density, lora.download_density < 1) need rule fedavg, ffa "
+               "or fedsa");
+    MMFL_CHECK(f.rule != LoraRule::kNone || f.upload_density == 1.0,
+               "config key 'lora.rule' = 'none' trains no adapters; lora.upload_density has "
+               "nothing to sparsify");
   }
   {
     Section s = top.child("eval");

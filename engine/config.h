@@ -23,6 +23,16 @@ enum class StrategyKind {
   kFedAvg,      // weights, averaged per tower
   kCreamFl,     // representations of the public set, ensembled and distilled into a server model
   kPublicOnly,  // the CreamFL server trained on the public set alone (the baseline)
+  kLora,        // adapters on the pretrained text base, sparse or dense, by a LoRA rule
+};
+// How federated LoRA combines the clients' adapters (engine/lora.h; README "Federated LoRA").
+enum class LoraRule {
+  kNone,     // no adapters: the frozen base, only the projection and heads trained
+  kFedAvg,   // A and B averaged separately (the mean of products is not the product of means)
+  kFfa,      // A frozen at its shared random init, B averaged: exact (FFA-LoRA)
+  kFedSa,    // A averaged, B personal in the client state store (FedSA-LoRA)
+  kStack,    // the clients' factors stacked and merged into the base each round: exact (FLoRA)
+  kProduct,  // the mean of the clients' B A merged into the base each round: exact
 };
 enum class EnsembleMethod { kContrastive, kMean };
 enum class DeviceChoice { kAuto, kCpu, kCuda };
@@ -112,6 +122,17 @@ struct StateConfig {
   double max_memory_gb = 0.0;  // resident budget; beyond it entries spill to files (0: none)
 };
 
+// The federation side of LoRA (the adapters' own options are fusion::LoraOptions).
+struct LoraFedConfig {
+  LoraRule rule = LoraRule::kFfa;
+  // Fraction (0, 1] of the adapter delta's entries a client sends (top-k by magnitude), or a
+  // count when > 1; 1 = dense. Download: of the server's change since the last broadcast.
+  double upload_density = 1.0;
+  double download_density = 1.0;
+  bool error_feedback = true;  // what a client did not send is added to its next delta
+  int64_t dump_round = 0;      // write that round's packets, residuals, aggregate as .npy
+};
+
 struct Config {
   std::string name = "experiment";
   uint64_t seed = 1;
@@ -127,6 +148,7 @@ struct Config {
   ExecutorConfig executor;
   StateConfig state;
   fusion::LoraOptions lora;  // adapters on the pretrained base (fusion/lora/lora.h)
+  LoraFedConfig lora_fed;    // the same config section's federation keys
   int64_t eval_every = 1;
   int64_t eval_batch_size = 1000;
   int64_t checkpoint_every = 5;
@@ -149,6 +171,7 @@ Config parse_config_text(const std::string& yaml, const std::vector<std::string>
 
 std::string to_string(DeviceChoice d);
 std::string to_string(StrategyKind s);
+std::string to_string(LoraRule r);
 std::string to_string(ExecutorKind k);
 DeviceChoice device_choice_from(const std::string& s);  // auto | cpu | cuda
 

@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <fstream>
+#include <functional>
 #include <numeric>
 
 #include "engine/population.h"
+#include "fusion/lora/text_encoder.h"
 #include "mmfl/error.h"
 #include "modalities/image/idx.h"
 #include "modalities/paired/captions.h"
@@ -26,8 +28,11 @@ struct RawSplit {
   std::vector<int64_t> keys;
 };
 
-PairedSplit to_tensors(const RawSplit& raw, const std::vector<int64_t>& rows,
-                       const mod::Tokenizer& tok, int64_t max_tokens, const torch::Device& dev) {
+// Token ids of one caption, exactly max_tokens of them (padded).
+using Encode = std::function<std::vector<int64_t>(const std::string&, int64_t)>;
+
+PairedSplit to_tensors(const RawSplit& raw, const std::vector<int64_t>& rows, const Encode& encode,
+                       int64_t max_tokens, const torch::Device& dev) {
   const int64_t h = raw.idx.rows(), w = raw.idx.cols(), n = int64_t(rows.size());
   auto images = torch::empty({n, 1, h, w}, torch::kUInt8);
   auto tokens = torch::empty({n, max_tokens}, torch::kInt64);
@@ -39,7 +44,7 @@ PairedSplit to_tensors(const RawSplit& raw, const std::vector<int64_t>& rows,
   for (int64_t i = 0; i < n; ++i) {
     const int64_t r = rows[size_t(i)];
     std::copy_n(raw.idx.images.data.data() + r * h * w, h * w, ip + i * h * w);
-    const auto ids = tok.encode(raw.captions[size_t(r)], max_tokens);
+    const auto ids = encode(raw.captions[size_t(r)], max_tokens);
     std::copy(ids.begin(), ids.end(), tp + i * max_tokens);
     lp[i] = raw.idx.labels.data[size_t(r)];
     s.captions.push_back(raw.captions[size_t(r)]);
@@ -123,9 +128,23 @@ FederatedData load_fmnist_captions(const Config& cfg, const torch::Device& devic
   if (dc.test_limit > 0 && dc.test_limit < int64_t(test_rows.size()))
     test_rows.resize(size_t(dc.test_limit));
 
-  out.pool = to_tensors(train, pool, *out.tokenizer, dc.max_tokens, device);
-  out.public_set = to_tensors(train, pub, *out.tokenizer, dc.max_tokens, device);
-  out.test = to_tensors(test, test_rows, *out.tokenizer, dc.max_tokens, device);
+  // The pretrained text tower reads its own WordPiece ids; the other encoders the vocabulary
+  // built above.
+  Encode encode = [tok = out.tokenizer](const std::string& text, int64_t n) {
+    return tok->encode(text, n);
+  };
+  if (cfg.model.text.kind == mod::TextEncoderKind::kMiniLm) {
+    const std::string dir = fusion::resolve_minilm_dir(cfg.model.pretrained_text_path,
+                                                       "config key model.pretrained_text_path");
+    auto wp = std::make_shared<mod::WordPieceTokenizer>(
+        mod::WordPieceTokenizer::load(dir + "/vocab.txt"));
+    encode = [wp](const std::string& text, int64_t n) {
+      return fusion::encode_padded(*wp, text, n);
+    };
+  }
+  out.pool = to_tensors(train, pool, encode, dc.max_tokens, device);
+  out.public_set = to_tensors(train, pub, encode, dc.max_tokens, device);
+  out.test = to_tensors(test, test_rows, encode, dc.max_tokens, device);
 
   // A fixed retrieval subset, the same for every run with this seed.
   const int64_t r = std::min<int64_t>(dc.retrieval_pairs, out.test.size());

@@ -110,6 +110,10 @@ torch::Tensor TowerView::features(Modality mod, const torch::Tensor& x) {
   return f;
 }
 
+Tower* TowerView::tower(Modality mod) {
+  return (mod == Modality::kImage ? m_.image : m_.text).get();
+}
+
 torch::Tensor TowerView::flat(Modality mod) {
   return (mod == Modality::kImage ? m_.image : m_.text)->flat();
 }
@@ -121,12 +125,12 @@ Update ClientTrainer::run(const ClientSpec& spec, LocalTask& task, int64_t round
   std::vector<torch::Tensor> params;
   if (img) {
     m.image->load_flat(job->image);
-    for (auto& p : m.image->parameters())
+    for (auto& p : m.image->trainable_parameters())
       params.push_back(p);
   }
   if (txt) {
     m.text->load_flat(job->text);
-    for (auto& p : m.text->parameters())
+    for (auto& p : m.text->trainable_parameters())
       params.push_back(p);
   }
   TowerView view(m, cfg_.eval_batch_size);
@@ -183,8 +187,8 @@ GlobalModel& ClientTrainer::model_for(const ClientArch& a) {
     // by load_flat, but concurrent draws must not race.
     std::lock_guard<std::mutex> lock(torch_init_mutex());
     m.image = make_image_tower(a.image, data_.height, data_.width, data_.num_classes);
-    m.text =
-        make_text_tower(a.text, data_.tokenizer->size(), cfg_.data.max_tokens, data_.num_classes);
+    m.text = make_text_tower(a.text, data_.tokenizer->size(), cfg_.data.max_tokens,
+                             data_.num_classes, &cfg_);
   }
   m.image->to(data_.pool.images.device());
   m.text->to(data_.pool.images.device());

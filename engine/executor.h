@@ -44,6 +44,9 @@ class ClientView {
   virtual torch::Tensor features(Modality m, const torch::Tensor& x) = 0;
   // The tower's parameters as one flat fp32 vector (Tower::flat's layout).
   virtual torch::Tensor flat(Modality m) = 0;
+  // The resident tower itself, where the executor holds one per client (nullptr for stacked
+  // clients): for state beyond the trainable weights (a merged pretrained base).
+  virtual Tower* tower(Modality /*m*/) { return nullptr; }
 };
 
 // One client's local training as a strategy defines it; an executor drives it.
@@ -110,6 +113,7 @@ class TowerView : public ClientView {
   TowerView(GlobalModel& m, int64_t batch) : m_(m), batch_(batch) {}
   torch::Tensor features(Modality mod, const torch::Tensor& x) override;
   torch::Tensor flat(Modality mod) override;
+  Tower* tower(Modality mod) override;
 
  private:
   GlobalModel& m_;

@@ -182,8 +182,10 @@ class Experiment {
         make_population(cfg_.population, pool_labels, data.num_classes, cfg_.seed);
     log("mmfl: " + std::to_string(data.pool.size()) + " client samples, " +
         std::to_string(data.public_set.size()) + " public, " + std::to_string(data.test.size()) +
-        " test; " + std::to_string(population.size()) + " clients; vocabulary " +
-        std::to_string(data.tokenizer->size()) + " words");
+        " test; " + std::to_string(population.size()) + " clients; " +
+        (cfg_.model.text.kind == modalities::TextEncoderKind::kMiniLm
+             ? std::string("text: pretrained all-MiniLM-L6-v2 (WordPiece)")
+             : "vocabulary " + std::to_string(data.tokenizer->size()) + " words"));
 
     auto strategy = make_strategy(cfg_, data, dir_.string());
 

@@ -1,6 +1,7 @@
 #include "engine/strategy.h"
 
 #include "engine/creamfl.h"
+#include "engine/lora.h"
 #include "fusion/ops/aggregate.h"
 #include "mmfl/error.h"
 
@@ -142,6 +143,8 @@ std::unique_ptr<Strategy> make_strategy(const Config& cfg, const FederatedData& 
     case StrategyKind::kCreamFl:
     case StrategyKind::kPublicOnly:
       return std::make_unique<CreamFlStrategy>(cfg, data, run_dir);
+    case StrategyKind::kLora:
+      return std::make_unique<LoraStrategy>(cfg, data, run_dir);
     default:
       MMFL_FAIL("unknown StrategyKind ", static_cast<int>(cfg.strategy));
   }

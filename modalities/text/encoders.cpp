@@ -21,6 +21,8 @@ std::string to_string(TextEncoderKind kind) {
       return "bow";
     case TextEncoderKind::kTransformer:
       return "transformer";
+    case TextEncoderKind::kMiniLm:
+      return "minilm";
     default:
       MMFL_FAIL("unknown TextEncoderKind ", static_cast<int>(kind));
   }
@@ -29,7 +31,8 @@ std::string to_string(TextEncoderKind kind) {
 TextEncoderKind text_encoder_kind_from(const std::string& name) {
   if (name == "bow") return TextEncoderKind::kBow;
   if (name == "transformer") return TextEncoderKind::kTransformer;
-  MMFL_FAIL("text encoder kind '", name, "': allowed values are bow, transformer");
+  if (name == "minilm") return TextEncoderKind::kMiniLm;
+  MMFL_FAIL("text encoder kind '", name, "': allowed values are bow, transformer, minilm");
 }
 
 namespace {
@@ -126,6 +129,10 @@ std::shared_ptr<Encoder> make_text_encoder(const TextEncoderConfig& cfg, int64_t
                  cfg.heads, ") must divide width (", cfg.width, ")");
       MMFL_CHECK(cfg.depth >= 1, "transformer text encoder needs depth >= 1");
       return std::make_shared<TransformerEncoder>(cfg, vocab_size, max_len);
+    case TextEncoderKind::kMiniLm:
+      MMFL_FAIL(
+          "text encoder kind 'minilm' is the pretrained base with LoRA adapters; the "
+          "engine builds it (engine/model.h make_text_tower with the run's config)");
     default:
       MMFL_FAIL("unknown TextEncoderKind ", static_cast<int>(cfg.kind));
   }

@@ -9,7 +9,9 @@
 
 namespace mmfl::modalities {
 
-enum class TextEncoderKind { kBow, kTransformer };
+// kMiniLm: the pretrained all-MiniLM-L6-v2 with LoRA adapters and a trained projection
+// (fusion/lora/text_encoder.h); the engine builds it, make_text_encoder cannot.
+enum class TextEncoderKind { kBow, kTransformer, kMiniLm };
 
 struct TextEncoderConfig {
   TextEncoderKind kind = TextEncoderKind::kBow;
@@ -20,7 +22,8 @@ struct TextEncoderConfig {
 };
 
 std::string to_string(TextEncoderKind kind);
-TextEncoderKind text_encoder_kind_from(const std::string& name);  // "bow" | "transformer"
+// "bow" | "transformer" | "minilm"
+TextEncoderKind text_encoder_kind_from(const std::string& name);
 
 std::shared_ptr<Encoder> make_text_encoder(const TextEncoderConfig& cfg, int64_t vocab_size,
                                            int64_t max_len);
