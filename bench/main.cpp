@@ -1,6 +1,6 @@
 // mmfl_bench: the kernels of kernels/ against LibTorch compositions of the same math.
 //   mmfl_bench [--device cpu|cuda|all] [--filter SUBSTR] [--quick] [--json FILE]
-// Filters: gemm, aggregate, pool, infonce, ensemble, regularizer, mlora.
+// Filters: gemm, aggregate, pool, topk, infonce, ensemble, regularizer, mlora.
 // CPU rows compare the CPU path with LibTorch's CPU ops; CUDA rows (when a GPU is visible) use
 // CUDA events, an L2 flush between repeats and the copy-bandwidth / GEMM ceilings measured here.
 #include <torch/torch.h>
@@ -17,6 +17,7 @@
 #include "fusion/creamfl.h"
 #include "fusion/ops/cpu_context.h"
 #include "fusion/ops/multi_lora.h"
+#include "fusion/ops/sparse.h"
 #include "mmfl/error.h"
 #include "mmfl/host_malloc.h"
 #include "mmfl/kernels/aggregate.h"
@@ -24,6 +25,7 @@
 #include "mmfl/kernels/cpu.h"
 #include "mmfl/kernels/infonce.h"
 #include "mmfl/kernels/multi_lora.h"
+#include "mmfl/kernels/sparse.h"
 #include "modalities/image/pool.h"
 
 #ifdef MMFL_HAVE_CUDA
@@ -222,6 +224,91 @@ void bench_mlora_rows(const Options& o, Report& rep, torch::Device dev,
       r.note = note;
       rep.add(r);
     }
+// ---- Top-k + pack + aggregate (sparse LoRA updates)
+// ---------------------------------------------- 1,000 clients' deltas of a rank-r LoRA adapter on
+// a 1024x1024 layer (A and B: n = 2 r 1024 values each), sparsified to a density, packed, and
+// aggregated. The LibTorch composition is the obvious one: topk of |x| (unsorted), gather of the
+// signed values, the residual as a clone with the sent entries zeroed, and index_add_ of the
+// weighted values. Cost model: one read of all deltas (C n 4 bytes), against the copy bandwidth
+// measured in the same run.
+struct TopkShape {
+  int64_t rank;
+  double density;
+};
+
+std::vector<TopkShape> topk_shapes(const Options& o) {
+  if (o.quick) return {{8, 0.01}};
+  return {{8, 0.01}, {8, 0.1}, {64, 0.01}, {64, 0.1}};
+}
+
+std::string topk_shape_name(int64_t clients, const TopkShape& s, int64_t n, int64_t k) {
+  char buf[96];
+  std::snprintf(buf, sizeof(buf), "C=%lld r=%lld n=%lld %g%% k=%lld", (long long)clients,
+                (long long)s.rank, (long long)n, s.density * 100, (long long)k);
+  return buf;
+}
+
+// The LibTorch baseline: packets (unsorted indices), residual and aggregate.
+torch::Tensor torch_topk_pack_aggregate(const torch::Tensor& x, const torch::Tensor& w, int64_t k) {
+  const auto idx = std::get<1>(torch::topk(x.abs(), k, 1, /*largest=*/true, /*sorted=*/false));
+  const auto vals = x.gather(1, idx);
+  auto residual = x.clone();
+  residual.scatter_(1, idx, 0.0);
+  return torch::zeros({x.size(1)}, x.options())
+      .index_add_(0, idx.flatten(), (vals * w.unsqueeze(1)).flatten());
+}
+
+void bench_topk_cpu(const Options& o, Report& rep, const k::cpu::Context& ctx) {
+  const double bw = host_copy_bandwidth();
+  std::printf("# host copy bandwidth (memcpy 256 MiB, read+write): %.2f GB/s\n", bw / 1e9);
+  const int64_t clients = o.quick ? 100 : 1000;
+  for (const TopkShape& s : topk_shapes(o)) {
+    const int64_t n = 2 * s.rank * 1024;
+    const int64_t kk = fusion::ops::topk_count(s.density, n, "bench density");
+    const auto x = torch::randn({clients, n});
+    const auto w = torch::rand({clients}) / double(clients);
+    auto idx = torch::empty({clients, kk}, torch::kInt32);
+    auto val = torch::empty({clients, kk});
+    auto res = torch::empty({clients, n});
+    auto out = torch::empty({n});
+    Row r;
+    r.op = "topk_pack_agg";
+    r.backend = "cpu";
+    r.shape = topk_shape_name(clients, s, n, kk);
+    r.kernel = time_cpu(
+        [&] {
+          k::cpu::topk_by_magnitude(x.data_ptr<float>(), clients, n, kk, idx.data_ptr<int32_t>(),
+                                    val.data_ptr<float>(), res.data_ptr<float>(), ctx);
+          k::cpu::sparse_weighted_sum(idx.data_ptr<int32_t>(), val.data_ptr<float>(),
+                                      w.data_ptr<float>(), clients, kk, n, out.data_ptr<float>(),
+                                      k::Accumulator::kFloat64, ctx);
+        },
+        1, 5);
+    r.baseline = time_cpu([&] { torch_topk_pack_aggregate(x, w, kk); }, 1, 5);
+    r.bytes = double(clients) * double(n) * 4;
+    r.ceiling = bw;
+    r.ceiling_name = "host memcpy";
+    r.note =
+        "residual written apart; baseline: torch::topk(|x|) + gather + clone/scatter_ + "
+        "index_add_; ceiling: one read of all deltas";
+    rep.add(r);
+    // The same with the residual written over the delta (kernels/sparse.h allows residual == x):
+    // only the sent entries are written, so the memory traffic is one read. Each repeat sparsifies
+    // what the previous one left (same shapes, same work).
+    auto y = x.clone();
+    Row in_place = r;
+    in_place.op = "topk_pack_agg_inplace";
+    in_place.kernel = time_cpu(
+        [&] {
+          k::cpu::topk_by_magnitude(y.data_ptr<float>(), clients, n, kk, idx.data_ptr<int32_t>(),
+                                    val.data_ptr<float>(), y.data_ptr<float>(), ctx);
+          k::cpu::sparse_weighted_sum(idx.data_ptr<int32_t>(), val.data_ptr<float>(),
+                                      w.data_ptr<float>(), clients, kk, n, out.data_ptr<float>(),
+                                      k::Accumulator::kFloat64, ctx);
+        },
+        1, 5);
+    in_place.note = "residual over the delta (in place); baseline as above";
+    rep.add(in_place);
   }
 }
 
@@ -259,6 +346,7 @@ void bench_cpu(const Options& o, Report& rep) {
       }
     }
   }
+  if (selected(o, "topk")) bench_topk_cpu(o, rep, ctx);
   if (selected(o, "pool")) {
     // The small CNN's ReLU + 2x2 max-pool (modalities/image/pool.h), forward and backward, at the
     // cross-device benchmark's step (batch 10) and at an evaluation batch.
@@ -515,6 +603,48 @@ void bench_cuda(const Options& o, Report& rep) {
         r.bytes = double(kk + 1) * double(n) * 4;
         r.ceiling = copy_bw;
         r.ceiling_name = "D2D copy";
+        rep.add(r);
+      }
+    }
+  }
+  if (selected(o, "topk")) {
+    const int64_t clients = o.quick ? 100 : 1000;
+    for (const TopkShape& s : topk_shapes(o)) {
+      const int64_t n = 2 * s.rank * 1024;
+      const int64_t kk = fusion::ops::topk_count(s.density, n, "bench density");
+      const auto x = torch::randn({clients, n}, opts);
+      const auto w = torch::rand({clients}, opts) / double(clients);
+      auto idx = torch::empty({clients, kk}, opts.dtype(torch::kInt32));
+      auto val = torch::empty({clients, kk}, opts);
+      auto res = torch::empty({clients, n}, opts);
+      auto out = torch::empty({n}, opts);
+      // Our radix-select kernel and the CUB segmented sort, each followed by the aggregation.
+      for (int variant = 0; variant < 2; ++variant) {
+        Row r;
+        r.op = variant == 0 ? "topk_pack_agg" : "topk_pack_agg_cub";
+        r.backend = "cuda";
+        r.shape = topk_shape_name(clients, s, n, kk);
+        r.kernel = time_gpu(
+            [&] {
+              if (variant == 0) {
+                k::cuda::topk_by_magnitude(x.data_ptr<float>(), clients, n, kk,
+                                           idx.data_ptr<int32_t>(), val.data_ptr<float>(),
+                                           res.data_ptr<float>(), stream);
+              } else {
+                k::cuda::topk_by_magnitude_cub(x.data_ptr<float>(), clients, n, kk,
+                                               idx.data_ptr<int32_t>(), val.data_ptr<float>(),
+                                               res.data_ptr<float>(), stream);
+              }
+              k::cuda::sparse_weighted_sum(idx.data_ptr<int32_t>(), val.data_ptr<float>(),
+                                           w.data_ptr<float>(), clients, kk, n,
+                                           out.data_ptr<float>(), k::Accumulator::kFloat64, stream);
+            },
+            2, 10);
+        r.baseline = time_gpu([&] { torch_topk_pack_aggregate(x, w, kk); }, 2, 10);
+        r.bytes = double(clients) * double(n) * 4;
+        r.ceiling = copy_bw;
+        r.ceiling_name = "D2D copy";
+        r.note = "ceiling: one read of all deltas";
         rep.add(r);
       }
     }

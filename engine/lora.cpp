@@ -13,6 +13,7 @@
 #include "engine/npy.h"
 #include "fusion/lora/text_encoder.h"
 #include "fusion/ops/aggregate.h"
+#include "fusion/ops/sparse.h"
 #include "mmfl/error.h"
 
 namespace mmfl::engine {
@@ -38,33 +39,27 @@ torch::Tensor positions(const std::vector<std::pair<int64_t, int64_t>>& ranges) 
   return parts.empty() ? torch::empty({0}, torch::kInt64) : torch::cat(parts);
 }
 
-// k of a density in (0, 1] (a fraction of n, at least 1) or a whole count > 1.
-int64_t topk_count(double density, int64_t n, const std::string& key) {
-  if (density <= 1.0) return std::clamp<int64_t>(std::llround(density * double(n)), 1, n);
-  MMFL_CHECK(density <= double(n), "config key '", key, "' = ", density, " asks for more entries ",
-             "than the ", n, " there are");
-  return int64_t(density);
-}
-
-// The k entries of x [n] of largest magnitude (ties: the lower index), indices ascending.
-SparsePacket top_k(const torch::Tensor& x, int64_t k) {
-  const auto order = std::get<1>(x.abs().sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
-  const auto idx = std::get<0>(order.narrow(0, 0, k).sort());
+// The k entries of x [n] of largest magnitude (ties: the lower index), indices ascending, and
+// what is left (x with those entries zeroed).
+std::pair<SparsePacket, torch::Tensor> top_k(const torch::Tensor& x, int64_t k) {
+  auto packed = fusion::ops::topk_by_magnitude(x.contiguous().unsqueeze(0), k);
   SparsePacket p;
-  p.indices = idx.to(torch::kInt32);
-  p.values = x.index_select(0, idx);
+  p.indices = packed.indices[0];
+  p.values = packed.values[0];
   p.dense_numel = x.numel();
-  return p;
+  return {std::move(p), packed.residual[0]};
 }
 
-// out = sum_c w_c scatter(packet_c).
+// out = sum_c w_c scatter(packet_c); every packet holds the same k.
 torch::Tensor sparse_mean(const std::vector<const SparsePacket*>& packets,
                           const std::vector<double>& w, int64_t n) {
-  auto out = torch::zeros({n}, torch::kFloat64);
-  for (size_t c = 0; c < packets.size(); ++c)
-    out.index_add_(0, packets[c]->indices.to(torch::kInt64),
-                   packets[c]->values.to(torch::kFloat64) * w[c]);
-  return out.to(torch::kFloat32);
+  std::vector<torch::Tensor> idx, val;
+  for (const auto* p : packets) {
+    idx.push_back(p->indices);
+    val.push_back(p->values);
+  }
+  return fusion::ops::sparse_weighted_sum(torch::stack(idx), torch::stack(val),
+                                          torch::tensor(std::vector<float>(w.begin(), w.end())), n);
 }
 
 // What every client of a round receives, and the context its job needs.
@@ -127,11 +122,10 @@ struct LoraJob : ClientJob {
         } else {
           const auto r = state.find("residual");
           if (f.error_feedback && r != state.end()) delta = delta + r->second;
-          const int64_t k = topk_count(f.upload_density, delta.numel(), "lora.upload_density");
-          auto packet = top_k(delta, k);
+          const int64_t k = fusion::ops::topk_count(f.upload_density, delta.numel(),
+                                                    "config key 'lora.upload_density'");
+          auto [packet, residual] = top_k(delta, k);
           if (f.error_feedback) {
-            auto residual = delta.clone();
-            residual.index_fill_(0, packet.indices.to(torch::kInt64), 0.0f);
             state["residual"] = residual;
             keep = true;
           }
@@ -478,8 +472,9 @@ RoundStats LoraStrategy::run_round(const std::vector<const ClientSpec*>& cohort,
       ctx.text_down.dense["text.adapter"] = adapter;
       broadcast_ = adapter;
     } else {
-      const int64_t k = topk_count(f.download_density, adapter.numel(), "lora.download_density");
-      auto packet = top_k(adapter - broadcast_, k);
+      const int64_t k = fusion::ops::topk_count(f.download_density, adapter.numel(),
+                                                "config key 'lora.download_density'");
+      auto packet = top_k(adapter - broadcast_, k).first;
       broadcast_ = broadcast_.index_add(0, packet.indices.to(torch::kInt64), packet.values);
       ctx.text_down.sparse["text.adapter"] = std::move(packet);
     }

@@ -17,6 +17,7 @@
 #include "backend.h"
 #include "mmfl/error.h"
 #include "ops.h"
+#include "sparse_inputs.h"
 #include "test_util.h"
 
 namespace mmfl::test {
@@ -202,6 +203,7 @@ OpCase aggregate_case(int64_t clients, int64_t n, Accumulator acc, bool with_nan
           }};
 }
 
+<<<<<<< HEAD
 // Multi-adapter LoRA: clients of the given row counts (zeros included), forward then backward.
 // y and gx start from a random "base" (the kernels add to it). Every output is an fp32 sum of at
 // most max(in, out, rows) terms against the double reference: 1e-5 relative plus 1e-5 of the
@@ -245,6 +247,46 @@ OpCase multi_lora_case(std::vector<int64_t> client_rows, int64_t in, int64_t out
                   {"h", h.download(), t, t, 1},   {"y", y.download(), t, t, 1},
                   {"g", g.download(), t, t, 1},   {"gx", gx.download(), t, t, 1},
                   {"ga", ga.download(), t, t, 1}, {"gb", gb.download(), t, t, 1}};
+=======
+// Top-k: exact (selection and copies only), so every output is compared bit for bit. Indices are
+// compared as floats: exact below 2^24.
+OpCase topk_case(int64_t rows, int64_t n, int64_t k, bool all_ties = false) {
+  return {std::string(all_ties ? "topk_allties" : "topk") + "_r" + std::to_string(rows) + "_n" +
+              std::to_string(n) + "_k" + std::to_string(k),
+          [=](std::mt19937_64& rng) {
+            const auto x = topk_input(rng, rows, n, all_ties);
+            return CaseRun([=](Backend be) {
+              DeviceBuffer<float> d_x(be, x), values(be, rows * k), residual(be, rows * n);
+              DeviceBuffer<int32_t> indices(be, rows * k);
+              values.fill(kNaN);
+              residual.fill(kNaN);
+              indices.fill(-7);
+              ops::topk_by_magnitude(be, d_x.get(), rows, n, k, indices.get(), values.get(),
+                                     residual.get());
+              std::vector<float> idx;
+              for (int32_t i : indices.download())
+                idx.push_back(float(i));
+              return std::vector<Output>{{"indices", idx, 0, 0, 0},
+                                         {"values", values.download(), 0, 0, 0},
+                                         {"residual", residual.download(), 0, 0, 0}};
+            });
+          }};
+}
+
+// Sparse aggregation on small integers and power-of-two weights: exact in either accumulator.
+OpCase sparse_sum_case(int64_t rows, int64_t k, int64_t n, Accumulator acc) {
+  return {std::string("sparse_sum_") + (acc == Accumulator::kFloat32 ? "f32" : "f64") + "_r" +
+              std::to_string(rows) + "_k" + std::to_string(k) + "_n" + std::to_string(n),
+          [=](std::mt19937_64& rng) {
+            const Packets p = random_packets(rng, rows, k, n);
+            return CaseRun([=](Backend be) {
+              DeviceBuffer<int32_t> d_i(be, p.indices);
+              DeviceBuffer<float> d_v(be, p.values), d_w(be, p.weights), out(be, n);
+              out.fill(kNaN);
+              ops::sparse_weighted_sum(be, d_i.get(), d_v.get(), d_w.get(), rows, k, n, out.get(),
+                                       acc);
+              return std::vector<Output>{{"out", out.download(), 0, 0, 0}};
+>>>>>>> topk
             });
           }};
 }
@@ -268,6 +310,7 @@ const std::vector<OpCase>& registry() {
       for (bool nan : {false, true})
         for (auto [k, n] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {7, 70001}})
           c.push_back(aggregate_case(k, n, acc, nan));
+<<<<<<< HEAD
     // Multi-adapter LoRA: R = 1, clients without rows (first, middle, last, all), ranks that are
     // not multiples of 16 or 32, segments across the CPU path's 64-row and the GPU's 32-row tiles,
     // widths across the CPU's 256-column gradient blocks.
@@ -277,6 +320,23 @@ const std::vector<OpCase>& registry() {
     c.push_back(multi_lora_case({130, 0, 64}, 300, 257, 64));
     c.push_back(multi_lora_case({0, 0}, 5, 4, 2));
     c.push_back(multi_lora_case({9, 40, 0}, 33, 31, 17, /*with_gx=*/false));
+=======
+    // Top-k: k = 0, 1, n; n = 1, primes, not a multiple of 16 lanes or 256 threads; 1% and 10%.
+    for (auto [r, n, kk] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1, 1, 0},
+                                                                              {1, 1, 1},
+                                                                              {3, 1000, 0},
+                                                                              {3, 1000, 1},
+                                                                              {3, 1000, 1000},
+                                                                              {5, 4099, 41},
+                                                                              {2, 20011, 2000},
+                                                                              {4, 257, 26}})
+      c.push_back(topk_case(r, n, kk));
+    c.push_back(topk_case(3, 1031, 100, true));
+    for (auto acc : {Accumulator::kFloat32, Accumulator::kFloat64})
+      for (auto [r, kk, n] :
+           std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1, 1, 1}, {3, 0, 10}, {7, 41, 4099}})
+        c.push_back(sparse_sum_case(r, kk, n, acc));
+>>>>>>> topk
     return c;
   }();
   return cases;

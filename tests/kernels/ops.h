@@ -11,6 +11,7 @@
 #include "mmfl/kernels/bank_ce.h"
 #include "mmfl/kernels/infonce.h"
 #include "mmfl/kernels/multi_lora.h"
+#include "mmfl/kernels/sparse.h"
 
 namespace mmfl::test::ops {
 
@@ -51,5 +52,10 @@ void multi_lora_backward(Backend backend, const float* x, const float* a, const 
                          const int64_t* offsets, const kernels::MultiLoraShape& shape, float scale,
                          const float* h, const float* gy, float* g, float* gx, float* ga,
                          float* gb);
+void topk_by_magnitude(Backend backend, const float* x, int64_t rows, int64_t n, int64_t k,
+                       int32_t* indices, float* values, float* residual);
+void sparse_weighted_sum(Backend backend, const int32_t* indices, const float* values,
+                         const float* weights, int64_t rows, int64_t k, int64_t n, float* out,
+                         kernels::Accumulator acc);
 
 }  // namespace mmfl::test::ops

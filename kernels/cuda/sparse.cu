@@ -1,0 +1,226 @@
+// Sparse client updates on the GPU (top-k with error feedback, and the scatter-sum of packets).
+// Top-k: one block per row. A radix select over the 31 magnitude bits (four 8-bit digits, a
+// shared-memory histogram each) finds the k-th largest key and how many entries equal to it are
+// sent; one ordered pass (warp ballots and a block scan per tile) then writes the packed entries in
+// index order and the residual. Aggregation: each block owns a range of the output, sums it in
+// shared memory and adds the clients in order, so the result is deterministic without atomics.
+// The CUB alternative (a segmented radix sort) is in sparse_cub.cu, GPU build only.
+#include <cstdint>
+
+#include "../common/sparse_checks.h"
+#include "common.cuh"
+#include "mmfl/kernels/launch.h"
+#include "mmfl/kernels/sparse.h"
+
+namespace mmfl::kernels::MMFL_KERNEL_NS {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kDigitBits = 8;
+constexpr int kBins = 1 << kDigitBits;
+// Output values a block sums at once: 8 per thread, 16 KiB of fp64 sums in shared memory.
+constexpr int64_t kSumRange = int64_t(kThreads) * 8;
+constexpr int64_t kMaxBlocks = 65535;
+
+__device__ __forceinline__ uint32_t magnitude_key(float v) {
+  return __float_as_uint(v) & 0x7fffffffu;
+}
+
+// Row blockIdx.x of x: the k largest keys (ties to the lower index) packed in index order, and
+// the residual (x with the sent entries zeroed; only those are written when residual == x).
+__global__ void __launch_bounds__(kThreads)
+    topk_kernel(const float* x,  // [rows, n] (not __restrict__: residual may alias it)
+                int64_t n, int64_t k,
+                int32_t* __restrict__ indices,  // [rows, k]
+                float* __restrict__ values,     // [rows, k]
+                float* residual) {              // [rows, n], may be x
+  __shared__ unsigned hist[kBins];
+  __shared__ unsigned warp_eq[kWarps];
+  __shared__ unsigned warp_take[kWarps];
+  __shared__ unsigned s_bin;
+  __shared__ unsigned long long s_above;
+  const int64_t c = blockIdx.x;
+  const float* row = x + c * n;
+  float* res = residual + c * n;
+  int32_t* out_idx = indices + c * k;
+  float* out_val = values + c * k;
+  const bool in_place = res == row;
+  const int tid = threadIdx.x;
+
+  // Radix select, most significant digit first: `prefix` holds the digits of the k-th largest key
+  // found so far, `remaining` how many of the keys sharing them are still to be sent.
+  uint32_t prefix = 0, mask = 0;
+  int64_t remaining = k;
+  if (k > 0) {
+    for (int shift = 32 - kDigitBits; shift >= 0; shift -= kDigitBits) {
+      for (int b = tid; b < kBins; b += blockDim.x)
+        hist[b] = 0;
+      __syncthreads();
+      for (int64_t j = tid; j < n; j += blockDim.x) {
+        const uint32_t key = magnitude_key(row[j]);
+        if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & (kBins - 1)], 1u);
+      }
+      __syncthreads();
+      if (tid == 0) {
+        // The digit holding the remaining-th largest key: bins above it hold fewer than needed.
+        unsigned long long above = 0;
+        int b = kBins - 1;
+        for (; b > 0; --b) {
+          if (above + hist[b] >= static_cast<unsigned long long>(remaining)) break;
+          above += hist[b];
+        }
+        s_bin = static_cast<unsigned>(b);
+        s_above = above;
+      }
+      __syncthreads();
+      prefix |= s_bin << shift;
+      mask |= static_cast<uint32_t>(kBins - 1) << shift;
+      remaining -= static_cast<int64_t>(s_above);
+      // s_bin and s_above are rewritten only after two more barriers: no third one needed.
+    }
+  }
+  const uint32_t kth = prefix;     // the k-th largest key
+  const int64_t ties = remaining;  // entries equal to it that are sent (the lowest-indexed)
+
+  // Ordered pack, one tile of kThreads entries at a time. warp_eq is read between this tile's
+  // first and second barrier and written before the next tile's first; warp_take is read after the
+  // second barrier and written after the next tile's first: two barriers per tile suffice.
+  const unsigned lane = tid & 31, warp = tid >> 5;
+  const unsigned below = (1u << lane) - 1u;
+  int64_t eq_before = 0, taken_before = 0;
+  for (int64_t base = 0; base < n; base += kThreads) {
+    const int64_t j = base + tid;
+    const bool valid = j < n;
+    const float v = valid ? row[j] : 0.0f;
+    const uint32_t key = magnitude_key(v);
+    const bool gt = valid && k > 0 && key > kth;
+    const bool eq = valid && k > 0 && key == kth;
+    const unsigned b_eq = __ballot_sync(detail::kFullWarp, eq);
+    if (lane == 0) warp_eq[warp] = static_cast<unsigned>(__popc(b_eq));
+    __syncthreads();
+    int64_t eq_rank = eq_before + __popc(b_eq & below);
+    int64_t tile_eq = 0;
+    for (int w = 0; w < kWarps; ++w) {
+      eq_rank += w < static_cast<int>(warp) ? warp_eq[w] : 0;
+      tile_eq += warp_eq[w];
+    }
+    const bool take = gt || (eq && eq_rank < ties);
+    const unsigned b_take = __ballot_sync(detail::kFullWarp, take);
+    if (lane == 0) warp_take[warp] = static_cast<unsigned>(__popc(b_take));
+    __syncthreads();
+    int64_t pos = taken_before + __popc(b_take & below);
+    int64_t tile_take = 0;
+    for (int w = 0; w < kWarps; ++w) {
+      pos += w < static_cast<int>(warp) ? warp_take[w] : 0;
+      tile_take += warp_take[w];
+    }
+    if (take) {
+      out_idx[pos] = static_cast<int32_t>(j);
+      out_val[pos] = v;
+    }
+    if (valid && (take || !in_place)) res[j] = take ? 0.0f : v;
+    eq_before += tile_eq;
+    taken_before += tile_take;
+  }
+}
+
+// First position in idx[0, k) (ascending) whose value is >= target.
+__device__ __forceinline__ int64_t lower_bound(const int32_t* idx, int64_t k, int64_t target) {
+  int64_t lo = 0, hi = k;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi) / 2;
+    if (idx[mid] < target) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  return lo;
+}
+
+// out[j] = sum_c w_c * (client c's value at j) for the ranges of kSumRange outputs this block owns.
+// Per batch of kThreads clients, each thread binary-searches one client's entries in the range;
+// then the clients are added one after another (a barrier between two clients: their indices may
+// coincide), each client's entries spread over the threads (indices of a row are distinct).
+template <typename Acc>
+__global__ void __launch_bounds__(kThreads)
+    sparse_sum_kernel(const int32_t* __restrict__ indices,  // [rows, k], rows ascending
+                      const float* __restrict__ values,     // [rows, k]
+                      const float* __restrict__ weights,    // [rows]
+                      int64_t rows, int64_t k, int64_t n,
+                      float* __restrict__ out) {  // [n]
+  __shared__ Acc sum[kSumRange];
+  __shared__ int64_t s_lo[kThreads], s_hi[kThreads];
+  const int tid = threadIdx.x;
+  for (int64_t r0 = int64_t(blockIdx.x) * kSumRange; r0 < n; r0 += int64_t(gridDim.x) * kSumRange) {
+    const int64_t r1 = r0 + kSumRange < n ? r0 + kSumRange : n;
+    for (int i = tid; i < kSumRange; i += blockDim.x)
+      sum[i] = Acc(0);
+    for (int64_t c0 = 0; c0 < rows; c0 += kThreads) {
+      __syncthreads();  // the sums are zeroed, and the previous batch is done with s_lo / s_hi
+      if (c0 + tid < rows) {
+        const int32_t* idx = indices + (c0 + tid) * k;
+        s_lo[tid] = lower_bound(idx, k, r0);
+        s_hi[tid] = lower_bound(idx, k, r1);
+      }
+      __syncthreads();
+      const int64_t batch = rows - c0 < kThreads ? rows - c0 : kThreads;
+      for (int64_t u = 0; u < batch; ++u) {
+        const int32_t* idx = indices + (c0 + u) * k;
+        const float* val = values + (c0 + u) * k;
+        const Acc w = static_cast<Acc>(weights[c0 + u]);
+        for (int64_t e = s_lo[u] + tid; e < s_hi[u]; e += blockDim.x)
+          sum[idx[e] - r0] += w * static_cast<Acc>(val[e]);
+        __syncthreads();
+      }
+    }
+    __syncthreads();
+    for (int64_t i = tid; r0 + i < r1; i += blockDim.x)
+      out[r0 + i] = static_cast<float>(sum[i]);
+    __syncthreads();  // the sums are read before the next range zeroes them
+  }
+}
+
+template <typename Acc>
+void launch_sparse_sum(const int32_t* indices, const float* values, const float* weights,
+                       int64_t rows, int64_t k, int64_t n, float* out, cudaStream_t stream) {
+  int64_t blocks = (n + kSumRange - 1) / kSumRange;
+  blocks = blocks > kMaxBlocks ? kMaxBlocks : blocks;
+  MMFL_LAUNCH(sparse_sum_kernel<Acc>, static_cast<unsigned>(blocks), kThreads, 0, stream)
+  (indices, values, weights, rows, k, n, out);
+  MMFL_CHECK_LAUNCH(sparse_sum_kernel<Acc>);
+}
+
+}  // namespace
+
+void topk_by_magnitude(const float* x, int64_t rows, int64_t n, int64_t k, int32_t* indices,
+                       float* values, float* residual, cudaStream_t stream) {
+  checks::check_topk_args("topk_by_magnitude", x, rows, n, k, indices, values, residual);
+  if (rows == 0 || n == 0) return;
+  MMFL_CHECK(rows <= 2147483647, "topk_by_magnitude: rows must be < 2^31 (one block each), got ",
+             rows);
+  MMFL_LAUNCH(topk_kernel, static_cast<unsigned>(rows), kThreads, 0, stream)
+  (x, n, k, indices, values, residual);
+  MMFL_CHECK_LAUNCH(topk_kernel);
+}
+
+void sparse_weighted_sum(const int32_t* indices, const float* values, const float* weights,
+                         int64_t rows, int64_t k, int64_t n, float* out, Accumulator acc,
+                         cudaStream_t stream) {
+  const char* fn = "sparse_weighted_sum";
+  checks::check_sparse_sum_args(fn, indices, values, weights, rows, k, n, out, acc);
+  if (n == 0) return;
+  switch (acc) {
+    case Accumulator::kFloat32:
+      launch_sparse_sum<float>(indices, values, weights, rows, k, n, out, stream);
+      break;
+    case Accumulator::kFloat64:
+      launch_sparse_sum<double>(indices, values, weights, rows, k, n, out, stream);
+      break;
+    default:
+      MMFL_FAIL(fn, ": unknown Accumulator ", static_cast<int>(acc));
+  }
+}
+
+}  // namespace mmfl::kernels::MMFL_KERNEL_NS
