@@ -224,6 +224,9 @@ void bench_mlora_rows(const Options& o, Report& rep, torch::Device dev,
       r.note = note;
       rep.add(r);
     }
+  }
+}
+
 // ---- Top-k + pack + aggregate (sparse LoRA updates)
 // ---------------------------------------------- 1,000 clients' deltas of a rank-r LoRA adapter on
 // a 1024x1024 layer (A and B: n = 2 r 1024 values each), sparsified to a density, packed, and

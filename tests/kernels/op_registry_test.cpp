@@ -203,7 +203,6 @@ OpCase aggregate_case(int64_t clients, int64_t n, Accumulator acc, bool with_nan
           }};
 }
 
-<<<<<<< HEAD
 // Multi-adapter LoRA: clients of the given row counts (zeros included), forward then backward.
 // y and gx start from a random "base" (the kernels add to it). Every output is an fp32 sum of at
 // most max(in, out, rows) terms against the double reference: 1e-5 relative plus 1e-5 of the
@@ -247,7 +246,10 @@ OpCase multi_lora_case(std::vector<int64_t> client_rows, int64_t in, int64_t out
                   {"h", h.download(), t, t, 1},   {"y", y.download(), t, t, 1},
                   {"g", g.download(), t, t, 1},   {"gx", gx.download(), t, t, 1},
                   {"ga", ga.download(), t, t, 1}, {"gb", gb.download(), t, t, 1}};
-=======
+            });
+          }};
+}
+
 // Top-k: exact (selection and copies only), so every output is compared bit for bit. Indices are
 // compared as floats: exact below 2^24.
 OpCase topk_case(int64_t rows, int64_t n, int64_t k, bool all_ties = false) {
@@ -286,7 +288,6 @@ OpCase sparse_sum_case(int64_t rows, int64_t k, int64_t n, Accumulator acc) {
               ops::sparse_weighted_sum(be, d_i.get(), d_v.get(), d_w.get(), rows, k, n, out.get(),
                                        acc);
               return std::vector<Output>{{"out", out.download(), 0, 0, 0}};
->>>>>>> topk
             });
           }};
 }
@@ -310,7 +311,6 @@ const std::vector<OpCase>& registry() {
       for (bool nan : {false, true})
         for (auto [k, n] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {7, 70001}})
           c.push_back(aggregate_case(k, n, acc, nan));
-<<<<<<< HEAD
     // Multi-adapter LoRA: R = 1, clients without rows (first, middle, last, all), ranks that are
     // not multiples of 16 or 32, segments across the CPU path's 64-row and the GPU's 32-row tiles,
     // widths across the CPU's 256-column gradient blocks.
@@ -320,7 +320,6 @@ const std::vector<OpCase>& registry() {
     c.push_back(multi_lora_case({130, 0, 64}, 300, 257, 64));
     c.push_back(multi_lora_case({0, 0}, 5, 4, 2));
     c.push_back(multi_lora_case({9, 40, 0}, 33, 31, 17, /*with_gx=*/false));
-=======
     // Top-k: k = 0, 1, n; n = 1, primes, not a multiple of 16 lanes or 256 threads; 1% and 10%.
     for (auto [r, n, kk] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1, 1, 0},
                                                                               {1, 1, 1},
@@ -336,7 +335,6 @@ const std::vector<OpCase>& registry() {
       for (auto [r, kk, n] :
            std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1, 1, 1}, {3, 0, 10}, {7, 41, 4099}})
         c.push_back(sparse_sum_case(r, kk, n, acc));
->>>>>>> topk
     return c;
   }();
   return cases;

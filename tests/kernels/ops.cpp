@@ -96,7 +96,6 @@ int64_t weighted_sum_finite(Backend backend, const float* updates, const float* 
   }
 }
 
-<<<<<<< HEAD
 void multi_lora_forward(Backend backend, const float* x, const float* a, const float* b,
                         const int64_t* offsets, const kernels::MultiLoraShape& shape, float scale,
                         float* h, float* y) {
@@ -109,7 +108,8 @@ void multi_lora_backward(Backend backend, const float* x, const float* a, const 
                          float* gb) {
   MMFL_TEST_DISPATCH(backend, multi_lora_backward, x, a, b, offsets, shape, scale, h, gy, g, gx, ga,
                      gb)
-=======
+}
+
 void topk_by_magnitude(Backend backend, const float* x, int64_t rows, int64_t n, int64_t k,
                        int32_t* indices, float* values, float* residual) {
   MMFL_TEST_DISPATCH(backend, topk_by_magnitude, x, rows, n, k, indices, values, residual)
@@ -119,7 +119,6 @@ void sparse_weighted_sum(Backend backend, const int32_t* indices, const float* v
                          const float* weights, int64_t rows, int64_t k, int64_t n, float* out,
                          kernels::Accumulator acc) {
   MMFL_TEST_DISPATCH(backend, sparse_weighted_sum, indices, values, weights, rows, k, n, out, acc)
->>>>>>> topk
 }
 
 }  // namespace mmfl::test::ops

@@ -6,19 +6,13 @@
 #include "mmfl/kernels/aggregate.h"
 #include "mmfl/kernels/bank_ce.h"
 #include "mmfl/kernels/infonce.h"
-<<<<<<< HEAD
 #include "mmfl/kernels/multi_lora.h"
-=======
 #include "mmfl/kernels/sparse.h"
->>>>>>> topk
 
 namespace mmfl::kernels::simt {
 #include "mmfl/kernels/device/aggregate.inc"
 #include "mmfl/kernels/device/bank_ce.inc"
 #include "mmfl/kernels/device/infonce.inc"
-<<<<<<< HEAD
 #include "mmfl/kernels/device/multi_lora.inc"
-=======
 #include "mmfl/kernels/device/sparse.inc"
->>>>>>> topk
 }  // namespace mmfl::kernels::simt
