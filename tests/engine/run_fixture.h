@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -28,7 +30,8 @@ class RunFixture : public ::testing::Test {
                    << " (install dataset-fashion-mnist or set MMFL_DATA_ROOT)";
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
     base_ = std::filesystem::temp_directory_path() /
-            ("mmfl_" + std::string(info->test_suite_name()) + "_" + info->name());
+            ("mmfl_" + std::string(info->test_suite_name()) + "_" + info->name() + "_" +
+             std::to_string(::getpid()));
     std::filesystem::remove_all(base_);
   }
   void TearDown() override { std::filesystem::remove_all(base_); }
