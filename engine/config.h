@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "fusion/lora/lora.h"
+#include "fusion/lora/options.h"
 #include "modalities/image/encoders.h"
 #include "modalities/text/encoders.h"
 
@@ -150,7 +150,7 @@ struct Config {
   CreamFlConfig creamfl;
   ExecutorConfig executor;
   StateConfig state;
-  fusion::LoraOptions lora;  // adapters on the pretrained base (fusion/lora/lora.h)
+  fusion::LoraOptions lora;  // adapters on the pretrained base (fusion/lora/options.h)
   LoraFedConfig lora_fed;    // the same config section's federation keys
   int64_t eval_every = 1;
   int64_t eval_batch_size = 1000;

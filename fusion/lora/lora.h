@@ -13,19 +13,9 @@
 #include <string>
 #include <vector>
 
-namespace mmfl::fusion {
+#include "fusion/lora/options.h"
 
-struct LoraOptions {
-  int64_t rank = 8;
-  double alpha = 16.0;   // the update is scaled by alpha / rank
-  double dropout = 0.0;  // on the adapter's input only (the base path sees x unchanged)
-  // Which layers get adapters, matched against each LoraLinear's module path
-  // ("encoder.layer.0.attention.self.query"): a pattern with '*' is a glob over the whole path
-  // ('*' spans dots), a plain name matches the path or its last components ("query",
-  // "self.query"); "all-linear" (alone) takes every LoraLinear.
-  std::vector<std::string> targets = {"query", "value"};
-  uint64_t seed = 0;  // A's initialization, per layer from (seed, layer index)
-};
+namespace mmfl::fusion {
 
 // A linear layer with parameters `weight` [out, in] and `bias` [out] (the names a checkpoint
 // uses) that can carry a LoRA adapter (`lora_A`, `lora_B`). Without one it is torch::nn::Linear.
@@ -69,13 +59,6 @@ class LoraLinearImpl : public torch::nn::Module {
   std::vector<int64_t> cohort_offsets_;
 };
 TORCH_MODULE(LoraLinear);
-
-// Checks the options (rank >= 1, alpha > 0, dropout in [0, 1), a valid target list), throwing
-// with `key_prefix` + the option's name ("lora.rank") so that config errors name the key.
-void validate_lora_options(const LoraOptions& o, const std::string& key_prefix = "lora.");
-
-// Whether the module path `name` is chosen by `pattern` (see LoraOptions::targets).
-bool lora_target_matches(const std::string& name, const std::string& pattern);
 
 // Freezes every parameter of `root` (requires_grad false), then adds an adapter to each
 // LoraLinear under it that the targets choose. Returns their paths. A pattern that chooses no
