@@ -564,7 +564,11 @@ RoundStats LoraStrategy::run_round(const std::vector<const ClientSpec*>& cohort,
     if (name != "text.head") adapter_down.dense[name] = t;
   adapter_down.sparse = ctx.text_down.sparse;
   s.extra["adapter_bytes_up"] = adapter_up;
-  s.extra["adapter_bytes_down"] = adapter_down.bytes() * int64_t(txt.size());
+  // Every text-holding client downloads them, a diverged one too.
+  int64_t text_holders = 0;
+  for (const auto& u : updates)
+    text_holders += holds_text(u.kind) ? 1 : 0;
+  s.extra["adapter_bytes_down"] = adapter_down.bytes() * text_holders;
   if (round == f.dump_round) dump(round, updates, mean_delta, adapter);
   return s;
 }
