@@ -349,6 +349,15 @@ LoraLayout lora_layout(Tower& text_tower, LoraRule rule) {
       std::sort(sent.begin(), sent.end());
   }
   L.sent = positions(sent);
+  // Where each layer's A and B start inside the sent vector (its ranges, concatenated in order).
+  int64_t at = 0;
+  for (const auto& [offset, n] : sent) {
+    for (auto& l : L.layers) {
+      if (l.a_offset == offset) l.a_sent = at;
+      if (l.b_offset == offset) l.b_sent = at;
+    }
+    at += n;
+  }
   L.personal = positions(personal);
   L.head = positions(head);
   return L;
@@ -416,11 +425,7 @@ void LoraStrategy::merge_into_base(const std::vector<Update>& updates, const std
   for (size_t i = 0; i < layout_.layers.size(); ++i) {
     const auto& l = layout_.layers[i];
     std::vector<torch::Tensor> As, Bs;
-    // Offsets of the layer's A and B inside the sent vector (A and B of every layer, flat order).
-    const auto sent_pos = [&](int64_t flat_offset) {
-      return (layout_.sent == flat_offset).nonzero().item<int64_t>();
-    };
-    const int64_t ai = sent_pos(l.a_offset), bi = sent_pos(l.b_offset);
+    const int64_t ai = l.a_sent, bi = l.b_sent;
     for (const auto& u : updates) {
       const auto& v = u.up.dense.at("text.adapter").cpu();
       As.push_back(v.narrow(0, ai, l.rank * l.in).view({l.rank, l.in}));
@@ -605,6 +610,8 @@ void LoraStrategy::dump(int64_t round, const std::vector<Update>& updates,
     layers.push_back({{"name", l.name},
                       {"a_offset", l.a_offset},
                       {"b_offset", l.b_offset},
+                      {"a_sent", l.a_sent},
+                      {"b_sent", l.b_sent},
                       {"rank", l.rank},
                       {"in", l.in},
                       {"out", l.out},

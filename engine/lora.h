@@ -30,6 +30,8 @@ struct LoraLayout {
     std::string name;  // module path of the adapted layer ("encoder.layer.0.attention.self.query")
     int64_t a_offset = -1;  // flat offsets of lora_A [r, in] and lora_B [out, r] (-1: frozen)
     int64_t b_offset = -1;
+    int64_t a_sent = -1;  // where they start inside the sent adapter vector (-1: not sent)
+    int64_t b_sent = -1;
     int64_t rank = 0, in = 0, out = 0;
     double scale = 0;  // alpha / r
   };
