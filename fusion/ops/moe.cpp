@@ -14,11 +14,48 @@
 
 #include <tuple>
 
+#include "fusion/ops/cpu_context.h"
 #include "mmfl/error.h"
+#include "mmfl/kernels/moe.h"
+
+#ifdef MMFL_HAVE_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 namespace mmfl::fusion::ops {
 
 namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::tensor_list;
+
+#ifdef MMFL_HAVE_CUDA
+cudaStream_t current_stream(const torch::Tensor& t) {
+  return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
+}
+#endif
+
+[[noreturn]] void no_cuda(const char* op) {
+  MMFL_FAIL(op, ": a CUDA tensor was given but mmfl was built without CUDA");
+}
+
+const int64_t* i64(const torch::Tensor& t) {
+  return t.data_ptr<int64_t>();
+}
+int64_t* i64(torch::Tensor& t) {
+  return t.data_ptr<int64_t>();
+}
+const float* f32(const torch::Tensor& t) {
+  return t.data_ptr<float>();
+}
+float* f32(torch::Tensor& t) {
+  return t.data_ptr<float>();
+}
+// An optional output: null when undefined.
+float* f32_or_null(torch::Tensor& t) {
+  return t.defined() ? t.data_ptr<float>() : nullptr;
+}
 
 void check_logits(const char* op, const torch::Tensor& logits) {
   MMFL_CHECK(logits.defined(), op, ": logits must be a defined tensor");
@@ -32,13 +69,6 @@ void check_logits(const char* op, const torch::Tensor& logits) {
   MMFL_CHECK(logits.numel() == 0 || at::isfinite(logits).all().item<bool>(), op,
              ": the router logits hold NaN or infinity (a diverged router; lower the learning "
              "rate or check the inputs)");
-}
-
-// gate[s] = probs[order[s], expert[s]] through a gather, so autograd carries dL/dgate back to the
-// router's logits.
-torch::Tensor gather_gate(const torch::Tensor& probs, const torch::Tensor& order,
-                          const torch::Tensor& expert) {
-  return probs.reshape({-1}).index_select(0, order * probs.size(1) + expert);
 }
 
 void check_float_on(const char* name, const torch::Tensor& t, const torch::Tensor& x) {
@@ -103,6 +133,110 @@ int64_t check_ffn_args(const torch::Tensor& x, const MoeRouting& r, const torch:
   return experts;
 }
 
+kernels::MoeShape shape_of(const torch::Tensor& x, const torch::Tensor& order,
+                           const torch::Tensor& w1) {
+  return {x.size(0), w1.size(0), order.size(0), x.size(1), w1.size(1)};
+}
+
+// The expert FFN and its combine as one autograd node: the forward keeps the gathered inputs, the
+// pre-activations, activations and expert outputs (the backward's inputs) and the token -> slots
+// map; the backward runs the experts' backward and combines the slot gradients of x.
+class MoeFfn : public torch::autograd::Function<MoeFfn> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x_in,
+                               const torch::Tensor& gate_in, const torch::Tensor& w1_in,
+                               const torch::Tensor& b1_in, const torch::Tensor& w2_in,
+                               const torch::Tensor& b2_in, const torch::Tensor& order_in,
+                               const torch::Tensor& offsets_host) {
+    const auto x = x_in.contiguous(), gate = gate_in.contiguous(), w1 = w1_in.contiguous(),
+               b1 = b1_in.contiguous(), w2 = w2_in.contiguous(), b2 = b2_in.contiguous(),
+               order = order_in.contiguous();
+    const kernels::MoeShape s = shape_of(x, order, w1);
+    const auto fo = x.options();
+    auto x_slots = torch::empty({s.slots, s.model}, fo),
+         pre = torch::empty({s.slots, s.hidden}, fo), act = torch::empty({s.slots, s.hidden}, fo),
+         out = torch::empty({s.slots, s.model}, fo);
+    auto token_offsets = torch::empty({s.tokens + 1}, order.options()),
+         token_slots = torch::empty({s.slots}, order.options());
+    auto y = torch::empty({s.tokens, s.model}, fo);
+    torch::Tensor offsets;
+    if (x.is_cpu()) {
+      offsets = offsets_host;
+      const auto c = cpu_context();
+      kernels::cpu::moe_token_slots(i64(order), s.slots, s.tokens, i64(token_offsets),
+                                    i64(token_slots), c);
+      kernels::cpu::moe_experts_forward(f32(x), i64(order), i64(offsets), f32(w1), f32(b1), f32(w2),
+                                        f32(b2), s, f32(x_slots), f32(pre), f32(act), f32(out), c);
+      kernels::cpu::moe_combine(f32(out), f32(gate), i64(token_offsets), i64(token_slots), s,
+                                f32(y), c);
+    } else {
+#ifdef MMFL_HAVE_CUDA
+      const c10::cuda::CUDAGuard guard(x.device());
+      const cudaStream_t st = current_stream(x);
+      offsets = offsets_host.to(x.device());
+      kernels::cuda::moe_token_slots(i64(order), s.slots, s.tokens, i64(token_offsets),
+                                     i64(token_slots), st);
+      kernels::cuda::moe_experts_forward(f32(x), i64(order), i64(offsets), f32(w1), f32(b1),
+                                         f32(w2), f32(b2), s, f32(x_slots), f32(pre), f32(act),
+                                         f32(out), st);
+      kernels::cuda::moe_combine(f32(out), f32(gate), i64(token_offsets), i64(token_slots), s,
+                                 f32(y), st);
+#else
+      no_cuda("moe_ffn");
+#endif
+    }
+    ctx->save_for_backward(
+        {gate, w1, w2, order, offsets, token_offsets, token_slots, x_slots, pre, act, out});
+    ctx->saved_data["tokens"] = s.tokens;
+    return y;
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grad_out) {
+    const auto v = ctx->get_saved_variables();
+    const auto &gate = v[0], &w1 = v[1], &w2 = v[2], &order = v[3], &offsets = v[4],
+               &token_offsets = v[5], &token_slots = v[6], &x_slots = v[7], &pre = v[8],
+               &act = v[9], &out = v[10];
+    const kernels::MoeShape s{ctx->saved_data["tokens"].toInt(), w1.size(0), order.size(0),
+                              w1.size(2), w1.size(1)};
+    const auto gy = grad_out[0].contiguous();
+    const auto fo = gy.options();
+    auto grad_gate = torch::empty({s.slots}, fo), g_out = torch::empty({s.slots, s.model}, fo),
+         grad_pre = torch::empty({s.slots, s.hidden}, fo);
+    auto gw1 = torch::empty_like(w1), gb1 = torch::empty({s.experts, s.hidden}, fo),
+         gw2 = torch::empty_like(w2), gb2 = torch::empty({s.experts, s.model}, fo);
+    torch::Tensor grad_x_slots, gx;
+    if (ctx->needs_input_grad(0)) {
+      grad_x_slots = torch::empty({s.slots, s.model}, fo);
+      gx = torch::empty({s.tokens, s.model}, fo);
+    }
+    if (gy.is_cpu()) {
+      const auto c = cpu_context();
+      kernels::cpu::moe_experts_backward(
+          i64(order), i64(offsets), f32(gate), f32(w1), f32(w2), s, f32(x_slots), f32(pre),
+          f32(act), f32(out), f32(gy), f32(grad_gate), f32(g_out), f32(grad_pre),
+          f32_or_null(grad_x_slots), f32(gw1), f32(gb1), f32(gw2), f32(gb2), c);
+      if (gx.defined())
+        kernels::cpu::moe_combine(f32(grad_x_slots), nullptr, i64(token_offsets), i64(token_slots),
+                                  s, f32(gx), c);
+    } else {
+#ifdef MMFL_HAVE_CUDA
+      const c10::cuda::CUDAGuard guard(gy.device());
+      const cudaStream_t st = current_stream(gy);
+      kernels::cuda::moe_experts_backward(
+          i64(order), i64(offsets), f32(gate), f32(w1), f32(w2), s, f32(x_slots), f32(pre),
+          f32(act), f32(out), f32(gy), f32(grad_gate), f32(g_out), f32(grad_pre),
+          f32_or_null(grad_x_slots), f32(gw1), f32(gb1), f32(gw2), f32(gb2), st);
+      if (gx.defined())
+        kernels::cuda::moe_combine(f32(grad_x_slots), nullptr, i64(token_offsets), i64(token_slots),
+                                   s, f32(gx), st);
+#else
+      no_cuda("moe_ffn");
+#endif
+    }
+    return {gx, grad_gate, gw1, gb1, gw2, gb2, torch::Tensor(), torch::Tensor()};
+  }
+};
+
 }  // namespace
 
 MoeRouting route_expert_choice(const torch::Tensor& logits, int64_t capacity) {
@@ -110,15 +244,25 @@ MoeRouting route_expert_choice(const torch::Tensor& logits, int64_t capacity) {
   const int64_t tokens = logits.size(0), experts = logits.size(1);
   MMFL_CHECK(capacity >= 1 && capacity <= tokens,
              "route_expert_choice: capacity must be in 1 .. tokens = ", tokens, ", got ", capacity);
-  // A stable descending sort of each column keeps equal logits in token order, so the first
-  // `capacity` rows are the top with ties to the lower token; then back to increasing token order.
-  const auto ranked =
-      std::get<1>(logits.detach().sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
-  const auto chosen = std::get<0>(ranked.slice(0, 0, capacity).sort(/*dim=*/0));  // [cap, E]
+  const auto l = logits.detach().contiguous();
+  const auto opts = l.options().dtype(torch::kInt64);
   MoeRouting r;
-  r.order = chosen.t().contiguous().reshape({-1});
-  const auto expert = torch::arange(experts, r.order.options()).repeat_interleave(capacity);
-  r.gate = gather_gate(at::sigmoid(logits), r.order, expert);
+  r.order = torch::empty({experts * capacity}, opts);
+  auto gate_index = torch::empty({experts * capacity}, opts);
+  if (l.is_cpu()) {
+    kernels::cpu::moe_route_expert_choice(f32(l), tokens, experts, capacity, i64(r.order),
+                                          i64(gate_index), cpu_context());
+  } else {
+#ifdef MMFL_HAVE_CUDA
+    const c10::cuda::CUDAGuard guard(l.device());
+    kernels::cuda::moe_route_expert_choice(f32(l), tokens, experts, capacity, i64(r.order),
+                                           i64(gate_index), current_stream(l));
+#else
+    no_cuda("route_expert_choice");
+#endif
+  }
+  // MoMa's sigmoid gate of the chosen (token, expert) pairs; autograd carries dL/dgate to logits.
+  r.gate = at::sigmoid(logits.reshape({-1}).index_select(0, gate_index));
   r.offsets.resize(experts + 1);
   for (int64_t e = 0; e <= experts; ++e)
     r.offsets[e] = e * capacity;
@@ -130,21 +274,32 @@ MoeRouting route_token_choice(const torch::Tensor& logits, int64_t k) {
   const int64_t tokens = logits.size(0), experts = logits.size(1);
   MMFL_CHECK(k >= 1 && k <= experts, "route_token_choice: k must be in 1 .. experts = ", experts,
              ", got ", k);
-  const auto ranked =
-      std::get<1>(logits.detach().sort(/*stable=*/true, /*dim=*/1, /*descending=*/true));
-  const auto expert_of = ranked.slice(1, 0, k).reshape({-1});  // token-major: slot t k + j
-  const auto token_of = torch::arange(tokens, expert_of.options()).repeat_interleave(k);
-  // A stable sort by expert keeps each expert's slots in token order.
-  const auto by_expert =
-      std::get<1>(expert_of.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
+  const auto l = logits.detach().contiguous();
+  const auto opts = l.options().dtype(torch::kInt64);
   MoeRouting r;
-  r.order = token_of.index_select(0, by_expert);
-  const auto expert = expert_of.index_select(0, by_expert);
-  r.gate = gather_gate(at::softmax(logits, 1), r.order, expert);
-  const auto counts = at::bincount(expert, {}, experts).cpu();
-  r.offsets.assign(experts + 1, 0);
-  for (int64_t e = 0; e < experts; ++e)
-    r.offsets[e + 1] = r.offsets[e] + counts[e].item<int64_t>();
+  r.order = torch::empty({tokens * k}, opts);
+  auto gate_index = torch::empty({tokens * k}, opts);
+  auto offsets = torch::empty({experts + 1}, opts);
+  if (tokens > 0) {
+    if (l.is_cpu()) {
+      kernels::cpu::moe_route_token_choice(f32(l), tokens, experts, k, i64(r.order),
+                                           i64(gate_index), i64(offsets), cpu_context());
+    } else {
+#ifdef MMFL_HAVE_CUDA
+      const c10::cuda::CUDAGuard guard(l.device());
+      kernels::cuda::moe_route_token_choice(f32(l), tokens, experts, k, i64(r.order),
+                                            i64(gate_index), i64(offsets), current_stream(l));
+#else
+      no_cuda("route_token_choice");
+#endif
+    }
+  } else {
+    offsets.zero_();
+  }
+  // gate = softmax(logits[t])[e], not renormalized over the chosen k.
+  r.gate = at::softmax(logits, 1).reshape({-1}).index_select(0, gate_index);
+  const auto host = offsets.cpu();
+  r.offsets.assign(host.data_ptr<int64_t>(), host.data_ptr<int64_t>() + experts + 1);
   return r;
 }
 
@@ -166,7 +321,9 @@ torch::Tensor moe_ffn_loop(const torch::Tensor& x, const MoeRouting& r, const to
 
 torch::Tensor moe_ffn(const torch::Tensor& x, const MoeRouting& r, const torch::Tensor& w1,
                       const torch::Tensor& b1, const torch::Tensor& w2, const torch::Tensor& b2) {
-  return moe_ffn_loop(x, r, w1, b1, w2, b2);
+  check_ffn_args(x, r, w1, b1, w2, b2);
+  const auto offsets_host = torch::tensor(r.offsets, torch::dtype(torch::kInt64));
+  return MoeFfn::apply(x, r.gate, w1, b1, w2, b2, r.order, offsets_host);
 }
 
 }  // namespace mmfl::fusion::ops
