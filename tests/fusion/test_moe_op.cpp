@@ -224,6 +224,49 @@ TEST_F(MoeOp, FfnEqualsDenseComputationWithGradients) {
   check_against_dense(ops::moe_ffn, {17, 33, 1, 0, 40}, 41, 19, 70);
 }
 
+// The whole layer as a model runs it: router logits x W_r, expert-choice or token-choice routing,
+// the expert FFN; the kernels' op against the loop in y and in every gradient, the router's
+// included (through the gates).
+TEST_F(MoeOp, RoutedFfnMatchesLoopWithRouterGradients) {
+  const int64_t t = 67, d = 13, f = 29, e = 5;
+  const std::vector<torch::Tensor> init{torch::randn({t, d}),        torch::randn({d, e}) / 4,
+                                        torch::randn({e, f, d}) / 4, torch::randn({e, f}) / 10,
+                                        torch::randn({e, d, f}) / 5, torch::randn({e, d}) / 10};
+  const auto gy = torch::randn({t, d});
+  for (int mode = 0; mode < 3; ++mode) {
+    SCOPED_TRACE("mode " + std::to_string(mode));
+    auto run = [&](const FfnFn& fn) {
+      std::vector<torch::Tensor> v;
+      for (const auto& p : init)
+        v.push_back(p.clone().requires_grad_());
+      const auto logits = torch::mm(v[0], v[1]);
+      const auto r = mode == 0 ? ops::route_expert_choice(logits, 20)
+                     : mode == 1
+                         ? ops::route_token_choice(logits, 2)
+                         : ops::route_expert_choice(logits, t);  // every token, every expert
+      fn(v[0], r, v[2], v[3], v[4], v[5]).backward(gy);
+      v.push_back(fn(v[0], r, v[2], v[3], v[4], v[5]).detach());
+      return v;
+    };
+    const auto a = run(ops::moe_ffn), b = run(ops::moe_ffn_loop);
+    expect_close(a.back(), b.back(), "y");
+    const char* names[] = {"x", "router", "w1", "b1", "w2", "b2"};
+    for (size_t i = 0; i < init.size(); ++i)
+      expect_close(a[i].grad(), b[i].grad(), std::string("grad ") + names[i]);
+  }
+}
+
+TEST_F(MoeOp, NoInputGradientWhenXIsConstant) {
+  const auto x = torch::randn({6, 3});
+  auto w1 = torch::randn({2, 4, 3}).requires_grad_();
+  const ops::MoeRouting r{torch::tensor({0, 2, 1, 5}, torch::kInt64), {0, 2, 4}, torch::rand({4})};
+  ops::moe_ffn(x, r, w1, torch::zeros({2, 4}), torch::randn({2, 3, 4}), torch::zeros({2, 3}))
+      .sum()
+      .backward();
+  EXPECT_FALSE(x.grad().defined());
+  EXPECT_TRUE(w1.grad().defined());
+}
+
 std::string error_of(const std::function<void()>& f) {
   try {
     f();
