@@ -94,7 +94,8 @@ AggregateReport FedAvg::aggregate(const std::vector<Update>& updates, GlobalMode
   auto meta = torch::tensor({rows[0].finite_samples, double(rows[0].rows.size()),
                              rows[1].finite_samples, double(rows[1].rows.size())},
                             torch::kFloat64);
-  if (c) c->all_reduce_sum(meta);
+  const bool multi = c && c->size() > 1;
+  if (multi) c->all_reduce_sum(meta);
   const auto* m = meta.data_ptr<double>();
   // Each rank's share of each weighted mean (weights: samples over ALL ranks' finite samples),
   // then one sum over the ranks of both towers' shares in one buffer.
@@ -103,19 +104,32 @@ AggregateReport FedAvg::aggregate(const std::vector<Update>& updates, GlobalMode
     const auto flat = towers[k]->flat();
     if (m[2 * k + 1] == 0) continue;  // no finite row anywhere: the tower is kept
     if (rows[k].rows.empty()) {
-      parts.push_back(torch::zeros_like(flat));
+      parts.push_back(torch::zeros_like(flat, flat.options().dtype(torch::kFloat64)));
       continue;
     }
     std::vector<float> w;
     for (double n : rows[k].samples)
       w.push_back(float(n / m[2 * k]));
-    const auto stacked = torch::stack(rows[k].rows);
-    parts.push_back(fusion::ops::weighted_sum(stacked, torch::tensor(w, stacked.options())));
+    if (!multi) {  // the aggregation kernel (fp64 running sums, one rounding to fp32)
+      const auto stacked = torch::stack(rows[k].rows);
+      parts.push_back(fusion::ops::weighted_sum(stacked, torch::tensor(w, stacked.options())));
+      continue;
+    }
+    // Over ranks: the same fp64 sums, kept in fp64 through the all-reduce and rounded once, so
+    // that the result differs from one rank's only where the fp64 sums' order changes an fp32
+    // rounding (about 1e-16 relative before rounding).
+    auto acc = torch::zeros_like(flat, flat.options().dtype(torch::kFloat64));
+    for (size_t i = 0; i < rows[k].rows.size(); ++i)
+      acc.add_(rows[k].rows[i].to(torch::kFloat64), double(w[i]));
+    parts.push_back(acc);
   }
   AggregateReport rep;
   if (!parts.empty()) {
     auto sum = torch::cat(parts);
-    if (c) c->all_reduce_sum(sum);
+    if (multi) {
+      c->all_reduce_sum(sum);
+      sum = sum.to(torch::kFloat32);
+    }
     int64_t off = 0;
     for (int k = 0; k < 2; ++k) {
       if (m[2 * k + 1] == 0) continue;

@@ -66,7 +66,10 @@ MPI_Datatype mpi_type(torch::ScalarType t, const char* op) {
 
 std::string mb(int64_t bytes) {
   char buf[32];
-  std::snprintf(buf, sizeof(buf), "%.2f MB", double(bytes) / 1e6);
+  if (bytes < 1000000)
+    std::snprintf(buf, sizeof(buf), "%lld bytes", static_cast<long long>(bytes));
+  else
+    std::snprintf(buf, sizeof(buf), "%.2f MB", double(bytes) / 1e6);
   return buf;
 }
 
