@@ -14,7 +14,8 @@ JOBS        ?= $(shell nproc)
 # Debian packages the build and tests need (checked with dpkg, installed only when missing).
 DEB_PKGS    := cmake ninja-build g++ ccache pkg-config python3 python3-venv zlib1g-dev \
                libyaml-cpp-dev nlohmann-json3-dev libcli11-dev googletest libgtest-dev \
-               libbenchmark-dev dataset-fashion-mnist clang libclang-rt-14-dev
+               libbenchmark-dev dataset-fashion-mnist clang libclang-rt-14-dev \
+               openmpi-bin libopenmpi-dev
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 FUZZ_SECONDS ?= 30

@@ -204,6 +204,21 @@ std::string to_string(ExecutorKind k) {
   }
 }
 
+std::string to_string(CommBackend b) {
+  switch (b) {
+    case CommBackend::kAuto:
+      return "auto";
+    case CommBackend::kLocal:
+      return "local";
+    case CommBackend::kMpi:
+      return "mpi";
+    case CommBackend::kNccl:
+      return "nccl";
+    default:
+      MMFL_FAIL("unknown CommBackend ", static_cast<int>(b));
+  }
+}
+
 std::string to_string(StrategyKind s) {
   switch (s) {
     case StrategyKind::kFedAvg:
@@ -435,6 +450,15 @@ Config parse_config(const YAML::Node& root, const std::string& origin) {
   {
     Section s = top.child("state");
     c.state.max_memory_gb = s.get_double("max_memory_gb", c.state.max_memory_gb, 0, 1e5);
+    s.finish();
+  }
+  {
+    Section s = top.child("comm");
+    auto& m = c.comm;
+    const std::string b = s.get_choice("backend", "auto", {"auto", "local", "mpi", "nccl"});
+    for (auto k : {CommBackend::kAuto, CommBackend::kLocal, CommBackend::kMpi, CommBackend::kNccl})
+      if (to_string(k) == b) m.backend = k;
+    m.timeout_s = s.get_double("timeout_s", m.timeout_s, 0.1, 1e6);
     s.finish();
   }
   {

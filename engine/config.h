@@ -122,6 +122,18 @@ struct StateConfig {
   double max_memory_gb = 0.0;  // resident budget; beyond it entries spill to files (0: none)
 };
 
+// How the ranks of a multi-process run talk (engine/comm/communicator.h). The rank count comes
+// from the launch (mpirun), never from the config, so a run resumes with another rank count.
+enum class CommBackend { kAuto, kLocal, kMpi, kNccl };
+struct CommConfig {
+  // auto: mpi when launched by mpirun (nccl instead when the run's device is a GPU and NCCL was
+  // built), local otherwise.
+  CommBackend backend = CommBackend::kAuto;
+  // A collective that has not finished after this long ends every rank with an error naming
+  // the rank and the operation (a rank died or stalled).
+  double timeout_s = 300;
+};
+
 // The federation side of LoRA (the adapters' own options are fusion::LoraOptions).
 struct LoraFedConfig {
   LoraRule rule = LoraRule::kFfa;
@@ -150,6 +162,7 @@ struct Config {
   CreamFlConfig creamfl;
   ExecutorConfig executor;
   StateConfig state;
+  CommConfig comm;
   fusion::LoraOptions lora;  // adapters on the pretrained base (fusion/lora/options.h)
   LoraFedConfig lora_fed;    // the same config section's federation keys
   int64_t eval_every = 1;
@@ -176,6 +189,7 @@ std::string to_string(DeviceChoice d);
 std::string to_string(StrategyKind s);
 std::string to_string(LoraRule r);
 std::string to_string(ExecutorKind k);
+std::string to_string(CommBackend b);
 DeviceChoice device_choice_from(const std::string& s);  // auto | cpu | cuda
 
 }  // namespace mmfl::engine

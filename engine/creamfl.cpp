@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 
+#include "engine/comm/distribute.h"
 #include "engine/npy.h"
 #include "fusion/creamfl.h"
 #include "mmfl/error.h"
@@ -58,7 +59,8 @@ CreamFlStrategy::CreamFlStrategy(const Config& cfg, const FederatedData& data, s
     : cfg_(cfg),
       data_(data),
       states_(int64_t(cfg.state.max_memory_gb * 1e9),
-              (std::filesystem::path(run_dir) / "state").string()),
+              (std::filesystem::path(run_dir) / "state").string(), comm::world().rank(),
+              comm::world().size()),
       run_dir_(std::move(run_dir)) {
   torch::manual_seed(cfg.seed);
   server_ = make_towers(cfg.model.server_image, cfg.model.server_text, data, cfg.data.max_tokens);
@@ -271,7 +273,13 @@ RoundStats CreamFlStrategy::run_round(const std::vector<const ClientSpec*>& coho
     g_img = next_g_img_.defined() ? next_g_img_ : features(*server_.image, true);
     g_txt = next_g_txt_.defined() ? next_g_txt_ : features(*server_.text, false);
     Task task(*this, g_img, g_txt);
-    reps = executor_->train(cohort, task, round);
+    // Each rank trains the clients whose models it holds; every rank then has every client's
+    // representations (one all-gather) and runs the same server step.
+    auto& world = comm::world();
+    reps = comm::gather_updates(
+        world,
+        executor_->train(comm::local_share(cohort, world, comm::Placement::kOwner), task, round),
+        data_.pool.images.device());
     s = round_stats(reps);
     std::vector<torch::Tensor> li, lt;
     for (const auto& r : reps) {
@@ -322,7 +330,7 @@ RoundStats CreamFlStrategy::run_round(const std::vector<const ClientSpec*>& coho
     MMFL_CHECK(std::isfinite(distill_loss), "round ", round,
                ": the distillation loss is not "
                "finite (training diverged); lower creamfl.server_lr or set train.grad_clip");
-    if (round == cfg_.creamfl.dump_round)
+    if (round == cfg_.creamfl.dump_round && comm::world().rank() == 0)
       dump(round, reps, g_img, g_txt, w_img, w_txt, a_img, a_txt);
   }
   refresh_server_features(s);

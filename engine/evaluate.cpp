@@ -14,6 +14,23 @@ torch::Tensor batched_features(Tower& tower, const torch::Tensor& x, int64_t bat
   return torch::cat(parts);
 }
 
+torch::Tensor sharded_features(Tower& tower, const torch::Tensor& x, int64_t batch,
+                               comm::Communicator& c) {
+  if (c.size() == 1) return batched_features(tower, x, batch);
+  // Whole batches per rank (the same batches as one rank computes, so the same numbers).
+  const int64_t batches = (x.size(0) + batch - 1) / batch;
+  const int64_t lo = batches * c.rank() / c.size(), hi = batches * (c.rank() + 1) / c.size();
+  const int64_t r0 = std::min(lo * batch, x.size(0)), r1 = std::min(hi * batch, x.size(0));
+  torch::Tensor mine;
+  if (r1 > r0) {
+    mine = batched_features(tower, x.narrow(0, r0, r1 - r0), batch);
+  } else {  // no batch here: an empty block of the feature width
+    torch::NoGradGuard no_grad;
+    mine = tower.features(x.narrow(0, 0, 1)).narrow(0, 0, 0);
+  }
+  return torch::cat(c.all_gather(mine.contiguous()));
+}
+
 namespace {
 
 double accuracy(Tower& tower, const torch::Tensor& feats, const torch::Tensor& labels) {
@@ -46,8 +63,9 @@ EvalResult evaluate(GlobalModel& model, const FederatedData& data, int64_t batch
   model.image->eval();
   model.text->eval();
   EvalResult r;
-  const auto fi = batched_features(*model.image, data.test.images, batch_size);
-  const auto ft = batched_features(*model.text, data.test.tokens, batch_size);
+  auto& world = comm::world();
+  const auto fi = sharded_features(*model.image, data.test.images, batch_size, world);
+  const auto ft = sharded_features(*model.text, data.test.tokens, batch_size, world);
   r.image_acc = accuracy(*model.image, fi, data.test.labels);
   r.text_acc = accuracy(*model.text, ft, data.test.labels);
   r.finite = torch::isfinite(fi).all().item<bool>() && torch::isfinite(ft).all().item<bool>();

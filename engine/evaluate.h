@@ -2,6 +2,7 @@
 // recall@1/5/10 on the fixed retrieval subset of the test split.
 #pragma once
 
+#include "engine/comm/communicator.h"
 #include "engine/data.h"
 #include "engine/model.h"
 
@@ -23,6 +24,11 @@ EvalResult evaluate(GlobalModel& model, const FederatedData& data, int64_t batch
 
 // Features [N, D] of all rows of `x`, in batches of `batch`, without gradients.
 torch::Tensor batched_features(Tower& tower, const torch::Tensor& x, int64_t batch);
+
+// As batched_features, the batches split over the ranks of `c` and gathered (every rank gets
+// all rows).
+torch::Tensor sharded_features(Tower& tower, const torch::Tensor& x, int64_t batch,
+                               comm::Communicator& c);
 
 // Recall@{1,5,10} of row i retrieving column i in `sim` [R, R]. The rank of the match counts
 // every other column scoring at least as high (ties count against the query), and a NaN match

@@ -10,6 +10,7 @@
 #include <mutex>
 #include <random>
 
+#include "engine/comm/distribute.h"
 #include "engine/npy.h"
 #include "fusion/lora/text_encoder.h"
 #include "fusion/ops/aggregate.h"
@@ -395,7 +396,8 @@ LoraStrategy::LoraStrategy(const Config& cfg, const FederatedData& data, std::st
       run_dir_(std::move(run_dir)),
       executor_(make_executor(cfg, data)),
       states_(int64_t(cfg.state.max_memory_gb * 1e9),
-              (std::filesystem::path(run_dir_) / "state").string()) {
+              (std::filesystem::path(run_dir_) / "state").string(), comm::world().rank(),
+              comm::world().size()) {
   const auto dev = data.pool.images.device();
   torch::manual_seed(cfg.seed);
   global_.image = make_image_tower(cfg.model.image, data.height, data.width, data.num_classes);
@@ -489,19 +491,28 @@ RoundStats LoraStrategy::run_round(const std::vector<const ClientSpec*>& cohort,
 
   LoraTask task(ctx);
   std::vector<Update> updates;
+  // Each rank trains the clients whose residuals and personal layers it holds.
+  auto& world = comm::world();
+  const auto mine = comm::local_share(cohort, world, comm::Placement::kOwner);
   if (cohort_) {
     // Text-holding clients in one cohort pass, image-only ones by the executor; cohort order.
     std::vector<const ClientSpec*> text, image;
-    for (const auto* c : cohort)
+    for (const auto* c : mine)
       (holds_text(c->kind) ? text : image).push_back(c);
     auto ut = cohort_->train(text, task, *global_.text, round);
     auto ui = executor_->train(image, task, round);
     size_t it = 0, ii = 0;
-    for (const auto* c : cohort)
+    for (const auto* c : mine)
       updates.push_back(std::move(holds_text(c->kind) ? ut[it++] : ui[ii++]));
   } else {
-    updates = executor_->train(cohort, task, round);
+    updates = executor_->train(mine, task, round);
   }
+  // The personal B of fedsa stays on the rank of its client: this rank's share of the cohort's
+  // weighted mean, summed over the ranks below.
+  std::vector<int64_t> local_ids;
+  for (const auto& u : updates)
+    local_ids.push_back(u.client_id);
+  updates = comm::gather_updates(world, std::move(updates), global_.text->flat().device());
   const auto rep = FedAvg::aggregate(updates, global_);  // the image tower
   RoundStats s = round_stats(updates);
   for (auto id : rep.skipped)
@@ -542,9 +553,15 @@ RoundStats LoraStrategy::run_round(const std::vector<const ClientSpec*>& cohort,
     }
     if (layout_.personal.numel() > 0) {  // fedsa: evaluated with the cohort's mean B
       std::vector<torch::Tensor> bs;
-      for (const auto* u : txt)
-        bs.push_back(states_.find(u->client_id)->at("B"));
-      text_flat.index_copy_(0, layout_.personal, weighted_mean(bs, w));
+      std::vector<double> wb;
+      for (size_t i = 0; i < txt.size(); ++i)
+        if (std::find(local_ids.begin(), local_ids.end(), txt[i]->client_id) != local_ids.end()) {
+          bs.push_back(states_.find(txt[i]->client_id)->at("B"));
+          wb.push_back(w[i]);
+        }
+      auto mean_b = bs.empty() ? torch::zeros({layout_.personal.numel()}) : weighted_mean(bs, wb);
+      world.all_reduce_sum(mean_b);
+      text_flat.index_copy_(0, layout_.personal, mean_b);
     }
     global_.text->load_flat(text_flat);
     if (merges(f.rule)) {
@@ -574,7 +591,8 @@ RoundStats LoraStrategy::run_round(const std::vector<const ClientSpec*>& cohort,
   for (const auto& u : updates)
     text_holders += holds_text(u.kind) ? 1 : 0;
   s.extra["adapter_bytes_down"] = adapter_down.bytes() * text_holders;
-  if (round == f.dump_round) dump(round, updates, mean_delta, adapter);
+  // Rank 0 writes the run directory (its clients' residuals and personal B only).
+  if (round == f.dump_round && world.rank() == 0) dump(round, updates, mean_delta, adapter);
   return s;
 }
 

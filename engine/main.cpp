@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "engine/checkpoint.h"
+#include "engine/comm/communicator.h"
 #include "engine/config.h"
 #include "engine/embed_text.h"
 #include "engine/report.h"
@@ -202,6 +203,7 @@ int run_cli(int argc, char** argv) {
     MMFL_CHECK(from_checkpoint.empty(), "--from-checkpoint goes with --resume RUN_DIR");
     s = run_experiment(load_config(config_path, overrides), opts);
   }
+  if (mmfl::engine::comm::world().rank() != 0) return s.signal ? 128 + s.signal : 0;
   const auto& e = s.last_eval;
   std::printf(
       "%s after %lld rounds in %.1f s: image acc %.2f%%, text acc %.2f%%, "
@@ -218,20 +220,39 @@ int run_cli(int argc, char** argv) {
 
 }  // namespace
 
+namespace {
+
+// In a multi-rank run an error names its rank, and ends every rank (the others would wait in
+// their next collective until comm.timeout_s).
+int fail(int code) {
+  mmfl::engine::comm::abort_all(code);
+  return code;
+}
+std::string who() {
+  const auto& w = mmfl::engine::comm::world();
+  return w.size() > 1
+             ? "(rank " + std::to_string(w.rank()) + " of " + std::to_string(w.size()) + ") "
+             : "";
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   mmfl::keep_freed_host_memory();
   try {
-    return run_cli(argc, argv);
+    const int rc = run_cli(argc, argv);
+    mmfl::engine::comm::finalize();
+    return rc;
   } catch (const mmfl::Error& e) {
-    std::cerr << "mmfl: error: " << first_line(e.reason()) << std::endl;
-    return 2;
+    std::cerr << "mmfl: error: " << who() << first_line(e.reason()) << std::endl;
+    return fail(2);
   } catch (const std::filesystem::filesystem_error& e) {
     // Filesystem trouble (permissions, read-only mounts, names too long) is the user's to fix.
-    std::cerr << "mmfl: error: " << e.code().message() << ": '" << e.path1().string() << "'"
-              << (e.path2().empty() ? "" : " -> '" + e.path2().string() + "'") << std::endl;
-    return 2;
+    std::cerr << "mmfl: error: " << who() << e.code().message() << ": '" << e.path1().string()
+              << "'" << (e.path2().empty() ? "" : " -> '" + e.path2().string() + "'") << std::endl;
+    return fail(2);
   } catch (const std::exception& e) {
-    std::cerr << "mmfl: internal error: " << first_line(e.what()) << std::endl;
-    return 1;
+    std::cerr << "mmfl: internal error: " << who() << first_line(e.what()) << std::endl;
+    return fail(1);
   }
 }

@@ -12,16 +12,20 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
+#include <thread>
 
 #include "engine/checkpoint.h"
 #include "engine/checkpoint_format.h"
+#include "engine/comm/distribute.h"
 #include "engine/data.h"
 #include "engine/population.h"
 #include "engine/provenance.h"
@@ -86,20 +90,54 @@ void create_dir(const fs::path& dir) {
              "; choose another --out");
 }
 
-torch::Device pick_device(DeviceChoice choice) {
+bool wants_gpu(DeviceChoice choice) {
   switch (choice) {
     case DeviceChoice::kCpu:
-      return torch::kCPU;
+      return false;
     case DeviceChoice::kCuda:
       MMFL_CHECK(torch::cuda::is_available(),
                  "device 'cuda' was asked for but no usable GPU is visible; use --device cpu");
-      return torch::Device(torch::kCUDA, 0);
+      return true;
     case DeviceChoice::kAuto:
-      return torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0)
-                                         : torch::Device(torch::kCPU);
+      return torch::cuda::is_available();
     default:
       MMFL_FAIL("unknown DeviceChoice ", static_cast<int>(choice));
   }
+}
+
+// The GPU of this rank: its rank on the machine, modulo the GPUs visible.
+torch::Device pick_device(DeviceChoice choice) {
+  if (!wants_gpu(choice)) return torch::kCPU;
+  const int n = int(torch::cuda::device_count());
+  return torch::Device(torch::kCUDA, c10::DeviceIndex(comm::world().local_rank() % n));
+}
+
+// Testing aid for multi-rank failures: MMFL_FAULT=kill:RANK:ROUND or stall:RANK:ROUND makes that
+// rank SIGKILL itself, or stop answering, as that round starts.
+void inject_fault(int64_t round) {
+  const char* f = std::getenv("MMFL_FAULT");
+  if (!f || !*f) return;
+  char what[16] = {0};
+  int rank = -1;
+  long long r = -1;
+  if (std::sscanf(f, "%15[a-z]:%d:%lld", what, &rank, &r) != 3) return;
+  if (rank != comm::world().rank() || r != round) return;
+  std::cerr << "mmfl: MMFL_FAULT: rank " << rank << " " << what << " in round " << round
+            << std::endl;
+  if (std::string(what) == "kill") std::raise(SIGKILL);
+  if (std::string(what) == "stall") std::this_thread::sleep_for(std::chrono::hours(24));
+}
+
+// One rank's string (a path) to every rank.
+std::string broadcast_string(const std::string& s) {
+  auto& w = comm::world();
+  if (w.size() == 1) return s;
+  auto n = torch::tensor({int64_t(s.size())}, torch::kInt64);
+  w.broadcast(n, 0);
+  auto t = torch::zeros({n.item<int64_t>()}, torch::kUInt8);
+  if (w.rank() == 0 && !s.empty()) std::memcpy(t.data_ptr(), s.data(), s.size());
+  w.broadcast(t, 0);
+  return std::string(static_cast<const char*>(t.data_ptr()), size_t(t.numel()));
 }
 
 std::string ckpt_name(int64_t round) {
@@ -155,24 +193,34 @@ std::string fmt(const char* f, double v) {
   return buf;
 }
 
+// Rank 0 alone writes the run directory; every rank trains and takes part in every collective.
 class Experiment {
  public:
   Experiment(Config cfg, fs::path dir, const RunOptions& opts)
-      : cfg_(std::move(cfg)), dir_(std::move(dir)), opts_(opts) {}
+      : cfg_(std::move(cfg)), dir_(std::move(dir)), opts_(opts) {
+    if (!lead()) opts_.quiet = true;
+  }
 
   RunSummary run(bool resume) {
     const auto t_start = Clock::now();
     const auto device = pick_device(opts_.device.value_or(cfg_.device));
-    create_dir(dir_ / "checkpoints");
+    auto& world = comm::world();
     const std::string config_hash = fnv1a_hex(cfg_.resolved_yaml);
-    if (!resume) write_file_atomic((dir_ / "config.yaml").string(), cfg_.resolved_yaml);
-    ProvenanceLog provenance(dir_.string(), device.str(), resume);
+    std::optional<ProvenanceLog> provenance;
+    if (lead()) {
+      create_dir(dir_ / "checkpoints");
+      if (!resume) write_file_atomic((dir_ / "config.yaml").string(), cfg_.resolved_yaml);
+      provenance.emplace(dir_.string(), device.str(), resume);
+    }
 
-    log("mmfl: run '" + cfg_.name + "' in " + dir_.string() + " on " + device.str());
+    log("mmfl: run '" + cfg_.name + "' in " + dir_.string() + " on " + device.str() +
+        (world.size() > 1
+             ? " (rank 0 of " + std::to_string(world.size()) + ", comm " + world.backend() + ")"
+             : ""));
     const auto vocab = dir_ / "vocab.txt";
     const bool have_vocab = resume && fs::exists(vocab);
     const auto data = load_fmnist_captions(cfg_, device, have_vocab ? vocab.string() : "");
-    if (!have_vocab) data.tokenizer->save(vocab.string());
+    if (!have_vocab && lead()) data.tokenizer->save(vocab.string());
     std::vector<int64_t> pool_labels(size_t(data.pool.size()));
     {
       const auto l = data.pool.labels.cpu();
@@ -193,7 +241,7 @@ class Experiment {
     const auto metrics_path = dir_ / "metrics.jsonl";
     if (resume) {
       start = load_resume_checkpoint(*strategy, config_hash);
-      reconcile_metrics(metrics_path, start);
+      if (lead()) reconcile_metrics(metrics_path, start);
     }
 
     RunSummary sum;
@@ -210,7 +258,8 @@ class Experiment {
       }
     } restore{old_int, old_term};
     const int metrics_fd =
-        ::open(metrics_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+        lead() ? ::open(metrics_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644)
+               : ::open("/dev/null", O_WRONLY | O_CLOEXEC);
     if (metrics_fd < 0) {
       const int err = errno;
       MMFL_FAIL("cannot write '", metrics_path.string(), "': ", std::strerror(err));
@@ -224,7 +273,9 @@ class Experiment {
     eta_.start(start, cfg_.rounds);
     while (round < cfg_.rounds) {
       ++round;
+      inject_fault(round);
       const auto t0 = Clock::now();
+      const int64_t sent0 = world.bytes_sent();
       const auto ids =
           sample_clients(int64_t(population.size()), cfg_.clients_per_round, cfg_.seed, round);
       std::vector<const ClientSpec*> cohort;
@@ -255,6 +306,16 @@ class Experiment {
         m["t2i_r5"] = e.t2i[1];
         m["t2i_r10"] = e.t2i[2];
       }
+      // Whether any rank was asked to stop (so that all stop after the same round), and the
+      // bytes all ranks sent into collectives this round.
+      auto agree = torch::tensor({int64_t(g_interrupted), world.bytes_sent() - sent0});
+      world.all_reduce_sum(agree);
+      const bool interrupted = agree[0].item<int64_t>() != 0;
+      if (interrupted && !g_interrupted) g_interrupted = SIGTERM;
+      if (world.size() > 1) {
+        m["ranks"] = world.size();
+        m["comm_bytes"] = agree[1].item<int64_t>();
+      }
       const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
       m["wall_s"] = wall;
       m["clients_per_s"] = double(st.clients) / wall;
@@ -271,7 +332,7 @@ class Experiment {
       const bool stop = (opts_.stop_after > 0 && round >= opts_.stop_after) || g_interrupted;
       if (round % cfg_.checkpoint_every == 0 || round == cfg_.rounds || stop) {
         // metrics.jsonl reaches the disk before the checkpoint that vouches for its rows.
-        if (::fsync(metrics_fd) != 0 && errno != EINVAL) {
+        if (::fsync(metrics_fd) != 0 && errno != EINVAL && errno != EROFS) {
           const int err = errno;
           MMFL_FAIL("cannot write '", metrics_path.string(), "': ", std::strerror(err));
         }
@@ -279,8 +340,12 @@ class Experiment {
         ck.round = round;
         ck.config_hash = config_hash;
         strategy->save(ck);
-        save_checkpoint((dir_ / "checkpoints" / ckpt_name(round)).string(), ck);
-        prune_checkpoints(dir_ / "checkpoints", cfg_.checkpoint_keep);
+        // One file holding every rank's client state: resumable with any rank count.
+        comm::gather_state(world, ck);
+        if (lead()) {
+          save_checkpoint((dir_ / "checkpoints" / ckpt_name(round)).string(), ck);
+          prune_checkpoints(dir_ / "checkpoints", cfg_.checkpoint_keep);
+        }
       }
       if (stop) {
         sum.signal = int(g_interrupted);
@@ -300,12 +365,16 @@ class Experiment {
     sum.rounds_done = round;
     sum.finished = round >= cfg_.rounds;
     sum.wall_s = std::chrono::duration<double>(Clock::now() - t_start).count();
-    write_report(sum, device, *strategy);
-    provenance.finish(sum.rounds_done, sum.finished);
+    if (lead()) {
+      write_report(sum, device, *strategy);
+      provenance->finish(sum.rounds_done, sum.finished);
+    }
     return sum;
   }
 
  private:
+  static bool lead() { return comm::world().rank() == 0; }
+
   void log(const std::string& s) const {
     if (!opts_.quiet) std::cout << s << std::endl;
   }
@@ -365,6 +434,45 @@ class Experiment {
   // the run: the round against the file name and the config, the tensors against the model.
   int64_t load_resume_checkpoint(Strategy& strategy, const std::string& config_hash) {
     const auto ck_dir = dir_ / "checkpoints";
+    auto& world = comm::world();
+    if (world.size() > 1) {
+      // Rank 0 chooses (and may remove later checkpoints); the others load what it chose.
+      auto chosen = torch::zeros({1}, torch::kInt64);
+      if (lead()) chosen[0] = choose_resume_round(ck_dir);
+      world.broadcast(chosen, 0);
+      const int64_t r = chosen[0].item<int64_t>();
+      if (!lead()) {
+        if (r == 0) return 0;
+        MMFL_CHECK(r > 0, "rank 0 found no checkpoint '", opts_.from_checkpoint,
+                   "' to resume from");
+        const auto path = (ck_dir / ckpt_name(r)).string();
+        const Checkpoint ck = load_checkpoint(path);
+        check_tensors_match(strategy, ck, path);
+        strategy.load(ck);
+        return r;
+      }
+      RunOptions& o = opts_;
+      if (r > 0) o.from_checkpoint = std::to_string(r);
+    }
+    return load_chosen_checkpoint(strategy, config_hash, ck_dir);
+  }
+
+  // The round rank 0 will resume from (0: none), without loading it.
+  int64_t choose_resume_round(const fs::path& ck_dir) const {
+    const auto all = checkpoints_in(ck_dir);
+    if (!opts_.from_checkpoint.empty()) {
+      const std::string& f = opts_.from_checkpoint;
+      for (const auto& [r, p] : all) {
+        std::error_code ec;
+        if (std::to_string(r) == f || fs::equivalent(p, f, ec)) return r;
+      }
+      return -1;  // load_chosen_checkpoint says what is wrong
+    }
+    return all.empty() ? 0 : all.back().first;
+  }
+
+  int64_t load_chosen_checkpoint(Strategy& strategy, const std::string& config_hash,
+                                 const fs::path& ck_dir) {
     const auto all = checkpoints_in(ck_dir);
     std::string ck_path;
     int64_t file_round = 0;
@@ -527,15 +635,21 @@ std::string timestamp() {
 }  // namespace
 
 RunSummary run_experiment(const Config& cfg, const RunOptions& opts) {
-  const fs::path dir = opts.out_dir.empty() ? fs::path("runs") / (cfg.name + "-" + timestamp())
-                                            : fs::path(opts.out_dir);
-  create_dir(dir);
-  const RunLock lock(dir);
-  MMFL_CHECK(!fs::exists(dir / "metrics.jsonl") && !fs::exists(dir / "config.yaml"),
-             "run directory '", dir.string(),
-             "' already holds a run; continue it with "
-             "'mmfl run --resume ",
-             dir.string(), "' or choose another --out");
+  auto& world = comm::init_world(cfg.comm, wants_gpu(opts.device.value_or(cfg.device)));
+  // Every rank uses rank 0's directory name (timestamps may differ between processes).
+  const fs::path dir = broadcast_string(
+      opts.out_dir.empty() ? (fs::path("runs") / (cfg.name + "-" + timestamp())).string()
+                           : opts.out_dir);
+  std::optional<RunLock> lock;
+  if (world.rank() == 0) {
+    create_dir(dir);
+    lock.emplace(dir);
+    MMFL_CHECK(!fs::exists(dir / "metrics.jsonl") && !fs::exists(dir / "config.yaml"),
+               "run directory '", dir.string(),
+               "' already holds a run; continue it with "
+               "'mmfl run --resume ",
+               dir.string(), "' or choose another --out");
+  }
   return Experiment(cfg, dir, opts).run(false);
 }
 
@@ -544,8 +658,10 @@ RunSummary resume_experiment(const std::string& run_dir, const RunOptions& opts)
   MMFL_CHECK(fs::is_directory(dir) && fs::exists(dir / "config.yaml"), "'", run_dir,
              "' is not a run directory (no "
              "config.yaml); start a run with 'mmfl run CONFIG --out DIR'");
-  const RunLock lock(dir);
   Config cfg = load_config((dir / "config.yaml").string());
+  auto& world = comm::init_world(cfg.comm, wants_gpu(opts.device.value_or(cfg.device)));
+  std::optional<RunLock> lock;
+  if (world.rank() == 0) lock.emplace(dir);
   return Experiment(std::move(cfg), dir, opts).run(true);
 }
 

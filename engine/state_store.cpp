@@ -27,8 +27,15 @@ std::string spill_tag(int64_t id) {
 
 }  // namespace
 
-ClientStateStore::ClientStateStore(int64_t budget_bytes, std::string spill_dir)
-    : budget_(budget_bytes), dir_(std::move(spill_dir)) {}
+ClientStateStore::ClientStateStore(int64_t budget_bytes, std::string spill_dir, int rank, int ranks)
+    : budget_(budget_bytes),
+      dir_(ranks > 1 ? (fs::path(spill_dir) / ("rank" + std::to_string(rank))).string()
+                     : std::move(spill_dir)),
+      rank_(rank),
+      ranks_(ranks) {
+  MMFL_CHECK(ranks >= 1 && rank >= 0 && rank < ranks, "ClientStateStore: rank ", rank, " of ",
+             ranks);
+}
 
 std::string ClientStateStore::spill_path(int64_t id) const {
   return (fs::path(dir_) / ("client_" + std::to_string(id) + ".ckpt")).string();
@@ -169,6 +176,7 @@ void ClientStateStore::load(const Checkpoint& ck) {
       MMFL_FAIL("checkpoint tensor '", name, "': '", name.substr(start, slash - start),
                 "' is not a client id");
     }
+    if (id % ranks_ != rank_) continue;  // another rank's client
     parsed[id][name.substr(slash + 1)] = t;
   }
   {

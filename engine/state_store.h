@@ -24,7 +24,9 @@ using ClientState = std::map<std::string, torch::Tensor>;
 class ClientStateStore {
  public:
   // budget_bytes <= 0: no budget (never spills). spill_dir is created on the first spill.
-  ClientStateStore(int64_t budget_bytes, std::string spill_dir);
+  // In a run of `ranks` ranks, this rank's store holds the clients whose id mod ranks is `rank`
+  // (load() keeps only those) and spills into spill_dir/rank<rank>.
+  ClientStateStore(int64_t budget_bytes, std::string spill_dir, int rank = 0, int ranks = 1);
 
   bool contains(int64_t id) const;
   // The client's state (read back from its spill file when spilled; a damaged file is refused
@@ -41,7 +43,8 @@ class ClientStateStore {
 
   // Every entry as tensors "state/<id>/<name>" (spilled ones read back).
   void save(Checkpoint& ck) const;
-  // Replaces the whole store with the checkpoint's entries and removes stale spill files.
+  // Replaces the whole store with the checkpoint's entries (this rank's share of them) and
+  // removes stale spill files.
   void load(const Checkpoint& ck);
 
  private:
@@ -59,6 +62,7 @@ class ClientStateStore {
 
   int64_t budget_;
   std::string dir_;
+  int rank_ = 0, ranks_ = 1;
   mutable std::mutex mu_;
   std::map<int64_t, Entry> entries_;
   std::list<int64_t> lru_;  // resident entries only

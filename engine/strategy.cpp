@@ -1,5 +1,6 @@
 #include "engine/strategy.h"
 
+#include "engine/comm/distribute.h"
 #include "engine/creamfl.h"
 #include "engine/lora.h"
 #include "fusion/ops/aggregate.h"
@@ -9,36 +10,29 @@ namespace mmfl::engine {
 
 namespace {
 
-// Weighted mean of one tower over the updates that carry it; returns how many were averaged.
-int64_t average_tower(const std::vector<Update>& updates, const std::string& group, Tower& tower,
-                      std::vector<int64_t>& skipped) {
+// One tower's rows on this rank: the updates that carry `group`, NaN/Inf ones set aside.
+struct TowerRows {
   std::vector<torch::Tensor> rows;
-  std::vector<float> weights;
-  std::vector<int64_t> ids;
-  double total = 0;
+  std::vector<double> samples;
+  std::vector<int64_t> bad;  // client ids of non-finite rows
+  double finite_samples = 0;
+};
+
+TowerRows tower_rows(const std::vector<Update>& updates, const std::string& group) {
+  TowerRows t;
   for (const auto& u : updates) {
     const auto it = u.up.dense.find(group);
     if (it == u.up.dense.end()) continue;
-    rows.push_back(it->second.reshape({-1}));
-    weights.push_back(float(u.num_samples));
-    ids.push_back(u.client_id);
-    total += double(u.num_samples);
+    const auto row = it->second.reshape({-1});
+    if (!torch::isfinite(row).all().item<bool>()) {
+      t.bad.push_back(u.client_id);
+      continue;
+    }
+    t.rows.push_back(row);
+    t.samples.push_back(double(u.num_samples));
+    t.finite_samples += double(u.num_samples);
   }
-  if (rows.empty()) return 0;
-  for (auto& w : weights)
-    w = float(double(w) / total);
-  const auto stacked = torch::stack(rows);
-  const auto w = torch::tensor(weights, stacked.options());
-  const auto r = fusion::ops::weighted_sum_finite(stacked, w);
-  if (r.skipped > 0) {
-    const auto bad = r.bad.cpu();
-    for (size_t k = 0; k < ids.size(); ++k)
-      if (bad[int64_t(k)].item<bool>()) skipped.push_back(ids[k]);
-  }
-  // Every update non-finite: keep the tower as it was.
-  if (r.skipped == int64_t(rows.size())) return 0;
-  tower.load_flat(r.out);
-  return int64_t(rows.size()) - r.skipped;
+  return t;
 }
 
 }  // namespace
@@ -66,13 +60,13 @@ std::unique_ptr<ClientJob> FedAvgTask::job(const ClientSpec& spec) {
   return j;
 }
 
-RoundStats round_stats(const std::vector<Update>& updates) {
+RoundStats round_stats(const std::vector<comm::UpdateRecord>& records) {
   RoundStats s;
-  s.clients = int64_t(updates.size());
+  s.clients = int64_t(records.size());
   int64_t trained = 0;
-  for (const auto& u : updates) {
+  for (const auto& u : records) {
     s.bytes_down += u.bytes_down;
-    s.bytes_up += u.bytes_up();
+    s.bytes_up += u.bytes_up;
     if (u.diverged) {
       s.skipped.push_back(u.client_id);
       continue;
@@ -84,10 +78,71 @@ RoundStats round_stats(const std::vector<Update>& updates) {
   return s;
 }
 
-AggregateReport FedAvg::aggregate(const std::vector<Update>& updates, GlobalModel& global) {
+RoundStats round_stats(const std::vector<Update>& updates) {
+  std::vector<comm::UpdateRecord> records;
+  for (const auto& u : updates)
+    records.push_back({u.client_id, u.num_samples, u.loss, u.diverged, u.bytes_up(), u.bytes_down});
+  return round_stats(records);
+}
+
+AggregateReport FedAvg::aggregate(const std::vector<Update>& updates, GlobalModel& global,
+                                  comm::Communicator* c) {
+  const std::string groups[2] = {"image", "text"};
+  Tower* towers[2] = {global.image.get(), global.text.get()};
+  TowerRows rows[2] = {tower_rows(updates, groups[0]), tower_rows(updates, groups[1])};
+  // Every rank's finite samples and rows per tower (exact: small integers in fp64).
+  auto meta = torch::tensor({rows[0].finite_samples, double(rows[0].rows.size()),
+                             rows[1].finite_samples, double(rows[1].rows.size())},
+                            torch::kFloat64);
+  const bool multi = c && c->size() > 1;
+  if (multi) c->all_reduce_sum(meta);
+  const auto* m = meta.data_ptr<double>();
+  // Each rank's share of each weighted mean (weights: samples over ALL ranks' finite samples),
+  // then one sum over the ranks of both towers' shares in one buffer.
+  std::vector<torch::Tensor> parts;
+  for (int k = 0; k < 2; ++k) {
+    const auto flat = towers[k]->flat();
+    if (m[2 * k + 1] == 0) continue;  // no finite row anywhere: the tower is kept
+    if (rows[k].rows.empty()) {
+      parts.push_back(torch::zeros_like(flat, flat.options().dtype(torch::kFloat64)));
+      continue;
+    }
+    std::vector<float> w;
+    for (double n : rows[k].samples)
+      w.push_back(float(n / m[2 * k]));
+    if (!multi) {  // the aggregation kernel (fp64 running sums, one rounding to fp32)
+      const auto stacked = torch::stack(rows[k].rows);
+      parts.push_back(fusion::ops::weighted_sum(stacked, torch::tensor(w, stacked.options())));
+      continue;
+    }
+    // Over ranks: the same fp64 sums, kept in fp64 through the all-reduce and rounded once, so
+    // that the result differs from one rank's only where the fp64 sums' order changes an fp32
+    // rounding (about 1e-16 relative before rounding).
+    auto acc = torch::zeros_like(flat, flat.options().dtype(torch::kFloat64));
+    for (size_t i = 0; i < rows[k].rows.size(); ++i)
+      acc.add_(rows[k].rows[i].to(torch::kFloat64), double(w[i]));
+    parts.push_back(acc);
+  }
   AggregateReport rep;
-  rep.image_clients = average_tower(updates, "image", *global.image, rep.skipped);
-  rep.text_clients = average_tower(updates, "text", *global.text, rep.skipped);
+  if (!parts.empty()) {
+    auto sum = torch::cat(parts);
+    if (multi) {
+      c->all_reduce_sum(sum);
+      sum = sum.to(torch::kFloat32);
+    }
+    int64_t off = 0;
+    for (int k = 0; k < 2; ++k) {
+      if (m[2 * k + 1] == 0) continue;
+      const int64_t n = towers[k]->flat().numel();
+      towers[k]->load_flat(sum.narrow(0, off, n));
+      off += n;
+    }
+  }
+  rep.image_clients = int64_t(m[1]);
+  rep.text_clients = int64_t(m[3]);
+  std::vector<int64_t> bad = rows[0].bad;
+  bad.insert(bad.end(), rows[1].bad.begin(), rows[1].bad.end());
+  rep.skipped = c ? comm::gather_ids(*c, bad) : bad;
   return rep;
 }
 
@@ -104,9 +159,20 @@ FedAvgStrategy::FedAvgStrategy(const Config& cfg, const FederatedData& data)
 
 RoundStats FedAvgStrategy::run_round(const std::vector<const ClientSpec*>& cohort, int64_t round) {
   FedAvgTask task(cfg_, global_);
-  const auto updates = executor_->train(cohort, task, round);
-  const auto rep = FedAvg::aggregate(updates, global_);
-  RoundStats s = round_stats(updates);
+  // Each rank trains its share of the cohort (balanced by samples x model size); the towers are
+  // averaged from every rank's partial sums (one all-reduce), the statistics from every
+  // client's record.
+  auto& world = comm::world();
+  const double image_params = double(global_.image->num_params());
+  const double text_params = double(global_.text->num_params());
+  const auto mine =
+      comm::local_share(cohort, world, comm::Placement::kCost, [&](const ClientSpec& c) {
+        return double(c.indices.size()) * ((holds_image(c.kind) ? image_params : 0.0) +
+                                           (holds_text(c.kind) ? text_params : 0.0));
+      });
+  const auto updates = executor_->train(mine, task, round);
+  const auto rep = FedAvg::aggregate(updates, global_, &world);
+  RoundStats s = round_stats(comm::gather_records(world, updates));
   s.skipped = rep.skipped;
   s.extra["image_clients"] = rep.image_clients;
   s.extra["text_clients"] = rep.text_clients;

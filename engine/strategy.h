@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "engine/checkpoint.h"
+#include "engine/comm/distribute.h"
 #include "engine/data.h"
 #include "engine/evaluate.h"
 #include "engine/executor.h"
@@ -48,10 +49,14 @@ struct AggregateReport {
 };
 
 // FedAvg's server step: each tower becomes the sample-weighted mean of the dense groups "image"
-// and "text" sent by the clients that hold its modality; a tower that no client sent is kept.
+// and "text" sent by the clients that hold its modality; a tower that no client sent is kept,
+// and a row holding NaN/Inf is left out (the others' weights renormalized). With `c`, `updates`
+// are this rank's and the means span every rank's (partial sums, one all-reduce); the result is
+// the same on every rank.
 class FedAvg {
  public:
-  static AggregateReport aggregate(const std::vector<Update>& updates, GlobalModel& global);
+  static AggregateReport aggregate(const std::vector<Update>& updates, GlobalModel& global,
+                                   comm::Communicator* c = nullptr);
 };
 
 // FedAvg's local task: every client starts from the global towers of the modalities it holds
@@ -69,6 +74,7 @@ class FedAvgTask : public LocalTask {
 
 // Accounting common to every strategy: clients, mean loss and bytes from the updates.
 RoundStats round_stats(const std::vector<Update>& updates);
+RoundStats round_stats(const std::vector<comm::UpdateRecord>& records);
 
 class FedAvgStrategy : public Strategy {
  public:
