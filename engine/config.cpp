@@ -229,6 +229,8 @@ std::string to_string(StrategyKind s) {
       return "public_only";
     case StrategyKind::kLora:
       return "lora";
+    case StrategyKind::kMoma:
+      return "moma";
     default:
       MMFL_FAIL("unknown StrategyKind ", static_cast<int>(s));
   }
@@ -392,10 +394,11 @@ Config parse_config(const YAML::Node& root, const std::string& origin) {
   {
     Section s = top.child("strategy");
     const std::string name =
-        s.get_choice("name", "fedavg", {"fedavg", "creamfl", "public_only", "lora"});
+        s.get_choice("name", "fedavg", {"fedavg", "creamfl", "public_only", "lora", "moma"});
     c.strategy = name == "fedavg"    ? StrategyKind::kFedAvg
                  : name == "creamfl" ? StrategyKind::kCreamFl
                  : name == "lora"    ? StrategyKind::kLora
+                 : name == "moma"    ? StrategyKind::kMoma
                                      : StrategyKind::kPublicOnly;
     s.finish();
     const bool minilm = c.model.text.kind == modalities::TextEncoderKind::kMiniLm;
@@ -412,7 +415,7 @@ Config parse_config(const YAML::Node& root, const std::string& origin) {
                "'strategy.name' = 'fedavg' averages weights and needs one architecture per "
                "modality; use strategy.name: creamfl for heterogeneous clients");
     MMFL_CHECK(c.strategy == StrategyKind::kFedAvg || c.strategy == StrategyKind::kLora ||
-                   c.data.public_size > 0,
+                   c.strategy == StrategyKind::kMoma || c.data.public_size > 0,
                "config key 'data.public_size' = 0, but strategy '", name,
                "' trains on the server's public set; give it at least one sample");
   }
@@ -508,6 +511,53 @@ Config parse_config(const YAML::Node& root, const std::string& origin) {
     MMFL_CHECK(f.rule != LoraRule::kNone || f.upload_density == 1.0,
                "config key 'lora.rule' = 'none' trains no adapters; lora.upload_density has "
                "nothing to sparsify");
+  }
+  {
+    Section s = top.child("moe");
+    auto& m = c.moe;
+    m.d_model = s.get_int("d_model", m.d_model, 1, 8192);
+    m.layers = s.get_int("layers", m.layers, 1, 64);
+    m.heads = s.get_int("heads", m.heads, 1, 256);
+    m.ffn = s.get_int("ffn", m.ffn, 1, 65536);
+    m.patch = s.get_int("patch", m.patch, 1, 1024);
+    MMFL_CHECK(m.d_model % m.heads == 0, "config key 'moe.heads' = ", m.heads,
+               " must divide 'moe.d_model' = ", m.d_model);
+    m.ffn_kind = s.get_choice("ffn_kind", "modality", {"modality", "shared"}) == "shared"
+                     ? fusion::MoeFfnKind::kShared
+                     : fusion::MoeFfnKind::kModality;
+    m.impl = s.get_choice("impl", "fused", {"fused", "loop"}) == "loop" ? fusion::MoeImpl::kLoop
+                                                                        : fusion::MoeImpl::kFused;
+    m.balance_weight = s.get_double("balance_weight", m.balance_weight, 0, 1000);
+    m.dump_round = s.get_int("dump_round", m.dump_round, 0, 1000000);
+    const bool shared = m.ffn_kind == fusion::MoeFfnKind::kShared;
+    for (const std::string mod : {"image", "text"}) {
+      Section g = s.child(mod);
+      auto& o = mod == "image" ? m.image : m.text;
+      // Under moe.ffn_kind: shared every token goes through one dense FFN: the groups are
+      // one dense expert, and other values are refused rather than ignored.
+      const std::string routing = g.get_choice("routing", shared ? "dense" : "expert_choice",
+                                               {"expert_choice", "token_choice", "dense"});
+      o.routing = routing == "dense"          ? fusion::MoeRoutingKind::kDense
+                  : routing == "token_choice" ? fusion::MoeRoutingKind::kTokenChoice
+                                              : fusion::MoeRoutingKind::kExpertChoice;
+      const bool dense = o.routing == fusion::MoeRoutingKind::kDense;
+      o.experts = g.get_int("experts", dense ? 1 : 4, 1, 1024);
+      o.top_k = g.get_int("top_k", 1, 1, 1024);
+      g.finish();
+      const std::string k = "config key 'moe." + mod + ".";
+      MMFL_CHECK(
+          !dense || o.experts == 1, k, "experts' = ", o.experts,
+          ": routing 'dense' is one FFN for the modality; set experts: 1 or another routing");
+      MMFL_CHECK(o.top_k <= o.experts, k, "top_k' = ", o.top_k, " exceeds its experts (", o.experts,
+                 ")");
+      MMFL_CHECK(o.routing == fusion::MoeRoutingKind::kTokenChoice || o.top_k == 1, k,
+                 "top_k' = ", o.top_k, " applies to routing 'token_choice' only (routing is '",
+                 routing, "')");
+      MMFL_CHECK(!shared || dense, k, "routing' = '", routing,
+                 "', but 'moe.ffn_kind' = 'shared' sends every token through one dense FFN; "
+                 "use moe.ffn_kind: modality for expert groups");
+    }
+    s.finish();
   }
   {
     Section s = top.child("eval");

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "fusion/lora/options.h"
+#include "fusion/moe/options.h"
 #include "modalities/image/encoders.h"
 #include "modalities/text/encoders.h"
 
@@ -24,6 +25,7 @@ enum class StrategyKind {
   kCreamFl,     // representations of the public set, ensembled and distilled into a server model
   kPublicOnly,  // the CreamFL server trained on the public set alone (the baseline)
   kLora,        // adapters on the pretrained text base, sparse or dense, by a LoRA rule
+  kMoma,        // one early-fusion transformer with modality-aware experts, averaged per expert
 };
 // How federated LoRA combines the clients' adapters (engine/lora.h; README "Federated LoRA").
 enum class LoraRule {
@@ -165,6 +167,7 @@ struct Config {
   CommConfig comm;
   fusion::LoraOptions lora;  // adapters on the pretrained base (fusion/lora/options.h)
   LoraFedConfig lora_fed;    // the same config section's federation keys
+  fusion::MoeOptions moe;    // strategy moma: the transformer and its experts (fusion/moe)
   int64_t eval_every = 1;
   int64_t eval_batch_size = 1000;
   int64_t checkpoint_every = 5;

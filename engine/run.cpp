@@ -401,7 +401,7 @@ class Experiment {
     std::ostringstream os;
     os << "lower train.lr (now " << cfg_.train.lr << ") or set train.grad_clip (now "
        << cfg_.train.grad_clip << ")";
-    if (cfg_.strategy != StrategyKind::kFedAvg)
+    if (cfg_.strategy == StrategyKind::kCreamFl || cfg_.strategy == StrategyKind::kPublicOnly)
       os << ", or lower creamfl.server_lr (now " << cfg_.creamfl.server_lr << ")";
     return os.str();
   }
@@ -426,7 +426,9 @@ class Experiment {
   }
 
   std::string strategy_model() const {
-    return cfg_.strategy == StrategyKind::kFedAvg ? "global model" : "server model";
+    return cfg_.strategy == StrategyKind::kCreamFl || cfg_.strategy == StrategyKind::kPublicOnly
+               ? "server model"
+               : "global model";
   }
 
   // Loads the checkpoint to resume from (opts_.from_checkpoint, else the latest) into

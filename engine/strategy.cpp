@@ -3,6 +3,7 @@
 #include "engine/comm/distribute.h"
 #include "engine/creamfl.h"
 #include "engine/lora.h"
+#include "engine/moma.h"
 #include "fusion/ops/aggregate.h"
 #include "mmfl/error.h"
 
@@ -211,6 +212,8 @@ std::unique_ptr<Strategy> make_strategy(const Config& cfg, const FederatedData& 
       return std::make_unique<CreamFlStrategy>(cfg, data, run_dir);
     case StrategyKind::kLora:
       return std::make_unique<LoraStrategy>(cfg, data, run_dir);
+    case StrategyKind::kMoma:
+      return std::make_unique<MomaStrategy>(cfg, data, run_dir);
     default:
       MMFL_FAIL("unknown StrategyKind ", static_cast<int>(cfg.strategy));
   }
