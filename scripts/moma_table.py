@@ -16,10 +16,11 @@ import os
 import subprocess
 import sys
 
+DENSE = ["moe.image.routing=dense", "moe.image.experts=1", "moe.text.routing=dense",
+         "moe.text.experts=1"]
 ROWS = [
-    ("shared dense FFN", ["moe.ffn_kind=shared"]),
-    ("dense FFN per modality", ["moe.image.routing=dense", "moe.image.experts=1",
-                                "moe.text.routing=dense", "moe.text.experts=1"]),
+    ("shared dense FFN", ["moe.ffn_kind=shared"] + DENSE),
+    ("dense FFN per modality", DENSE),
     ("MoMa expert choice, 4+4", ["moe.image.routing=expert_choice",
                                  "moe.text.routing=expert_choice"]),
     ("token choice top-1, 4+4", ["moe.image.routing=token_choice",
