@@ -150,6 +150,10 @@ def same_at_1_2_3(tmp, text):
         # Rank 0 alone writes the run directory: the same files as a one-rank run.
         if listing(outs[ranks]) != listing(outs[0]):
             fail(f"{ranks} ranks wrote {listing(outs[ranks])}, one rank {listing(outs[0])}")
+    with open(os.path.join(outs[3], "report.json")) as f:
+        rep = json.load(f)
+    if rep.get("ranks") != 3 or rep.get("comm_backend") != "mpi":
+        fail(f"3-rank report.json says ranks {rep.get('ranks')}, backend {rep.get('comm_backend')}")
     m = metrics(outs[3])[0]
     if m.get("ranks") != 3 or m.get("comm_bytes", 0) <= 0:
         fail(f"3-rank metrics lack ranks/comm_bytes: {m}")
