@@ -124,7 +124,8 @@ bench-fl: build
 # GPU machine and run `make gpu-check OUT=DIR` there. Here, `make gpu-check OUT=DIR` runs the
 # check from $(BUNDLE) (on a machine without a GPU it says so and exits 3).
 BUNDLE      ?= $(BUILD)/gpu-bundle
-BUNDLE_BINS := tests/kernels/mmfl_kernels_test tests/fusion/test_fusion_cuda bench/mmfl_bench
+BUNDLE_BINS := tests/kernels/mmfl_kernels_test tests/fusion/test_fusion_cuda bench/mmfl_bench \
+               bench/mmfl_comm_bench
 BUNDLE_MAX  := 67108864
 
 gpu-bundle: build
@@ -133,11 +134,11 @@ gpu-bundle: build
 	rm -rf $(BUNDLE) && mkdir -p $(BUNDLE)/bin $(BUNDLE)/lib/gcc $(BUNDLE)/lib/fallback $(BUNDLE)/bench/gpu
 	for b in $(BUNDLE_BINS); do strip --strip-debug -o $(BUNDLE)/bin/$$(basename $$b) $(BUILD)/$$b; done
 	@# Shared libraries other than glibc's, LibTorch's and the nvidia wheels' (those the GPU machine
-	@# has). gpu_check.sh puts lib/ first on LD_LIBRARY_PATH; lib/fallback/ (the CUDA runtime) after
+	@# has; NCCL too: the torch wheel's nvidia-nccl is loaded instead of the toolkit's 200 MB one). gpu_check.sh puts lib/ first on LD_LIBRARY_PATH; lib/fallback/ (the CUDA runtime) after
 	@# the torch wheel's nvidia/*/lib, so torch's own copy wins; lib/gcc/ (libstdc++, libgcc_s: they
 	@# need a newer glibc than the binaries) only when the machine's libstdc++ is too old for them.
 	for b in $(BUNDLE)/bin/*; do ldd $$b; done | awk '/=> \// {print $$3}' | sort -u | \
-	  grep -v -E '/(libc|libm|libdl|libpthread|librt|libutil|ld-linux[^/]*)\.so|/torch/lib/|/nvidia/' | \
+	  grep -v -E '/(libc|libm|libdl|libpthread|librt|libutil|ld-linux[^/]*)\.so|/torch/lib/|/nvidia/|/libnccl\.so' | \
 	  while read -r lib; do case $$(basename $$lib) in \
 	    libstdc++.so*|libgcc_s.so*) cp -L $$lib $(BUNDLE)/lib/gcc/ ;; \
 	    libcudart.so*) cp -L $$lib $(BUNDLE)/lib/fallback/ ;; \

@@ -261,6 +261,7 @@ void bench_moe_rows(const Options& o, Report& rep, torch::Device dev,
     const auto w2 = leaf(torch::randn({experts, d, f}, opts) / std::sqrt(double(f)));
     const auto b2 = leaf(torch::zeros({experts, d}, opts));
     auto x = x0.clone().requires_grad_();
+    const auto text_tokens = torch::arange(half, t, opts.dtype(torch::kInt64));
     // Both groups' routings as one: the text group's tokens are offset by T/2, its experts follow
     // the image group's.
     auto route = [&]() {
@@ -268,13 +269,7 @@ void bench_moe_rows(const Options& o, Report& rep, torch::Device dev,
           fusion::ops::route_expert_choice(torch::mm(x.narrow(0, 0, half), router[0]), capacity);
       const auto txt = fusion::ops::route_expert_choice(
           torch::mm(x.narrow(0, half, t - half), router[1]), capacity);
-      fusion::ops::MoeRouting r;
-      r.order = torch::cat({img.order, txt.order + half});
-      r.gate = torch::cat({img.gate, txt.gate});
-      r.offsets = img.offsets;
-      for (int64_t e = 1; e <= per_group; ++e)
-        r.offsets.push_back(img.offsets.back() + txt.offsets[e]);
-      return r;
+      return fusion::ops::concat_routings({img, txt}, {torch::Tensor(), text_tokens});
     };
     std::vector<torch::Tensor> params{x, router, w1, b1, w2, b2};
     auto clear = [&] {

@@ -606,6 +606,8 @@ class Experiment {
     r["name"] = cfg_.name;
     r["run_dir"] = s.run_dir;
     r["device"] = device.str();
+    r["ranks"] = comm::world().size();
+    r["comm_backend"] = comm::world().backend();
     r["rounds_done"] = s.rounds_done;
     r["rounds"] = cfg_.rounds;
     r["finished"] = s.finished;

@@ -174,7 +174,7 @@ RoundStats FedAvgStrategy::run_round(const std::vector<const ClientSpec*>& cohor
   const auto updates = executor_->train(mine, task, round);
   const auto rep = FedAvg::aggregate(updates, global_, &world);
   RoundStats s = round_stats(comm::gather_records(world, updates));
-  s.skipped = rep.skipped;
+  s.skipped.insert(s.skipped.end(), rep.skipped.begin(), rep.skipped.end());  // run.cpp dedups
   s.extra["image_clients"] = rep.image_clients;
   s.extra["text_clients"] = rep.text_clients;
   return s;

@@ -166,6 +166,12 @@ step fusion_cuda_tests 60 "$bin/test_fusion_cuda" --gtest_output="json:$out/fusi
 # The benchmark before the sanitizers: its numbers are what bench/RESULTS.md needs, and the
 # sanitizers are the steps most likely to run long.
 step bench 90 "$bin/mmfl_bench" --device cuda --quick --json "$out/bench.json"
+# The nccl backend at one rank (no mpirun here): NCCL's communicator and its all-reduce on this
+# GPU, 1 MB to 256 MB, checked against the expected sums.
+if [[ -x "$bin/mmfl_comm_bench" ]]; then
+  step nccl_one_rank 40 "$bin/mmfl_comm_bench" --backend nccl --device cuda --max-mb 256 \
+    --json "$out/nccl_one_rank.json"
+fi
 # The same kernel tests under compute-sanitizer (without the *Size* sweeps: it slows kernels
 # 10-100x).
 if [[ -n "$sanitizer" ]]; then

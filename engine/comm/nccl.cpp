@@ -46,36 +46,43 @@ ncclDataType_t nccl_type(torch::ScalarType t) {
 }
 
 // GPU tensors over NCCL (a non-blocking communicator, polled against the timeout); CPU tensors,
-// the bootstrap and the barrier over MPI.
+// the bootstrap and the barrier over MPI. Not launched by mpirun, it is one rank without MPI:
+// GPU tensors still go through NCCL's collectives (over one GPU, what a GPU machine without MPI
+// can check).
 class NcclComm : public Communicator {
  public:
-  explicit NcclComm(double timeout_s) : mpi_(timeout_s) {
+  NcclComm(double timeout_s, bool with_mpi) : timeout_s_(timeout_s) {
+    if (with_mpi) mpi_ = std::make_unique<MpiComm>(timeout_s);
     int devices = 0;
     MMFL_CHECK(cudaGetDeviceCount(&devices) == cudaSuccess && devices > 0, "comm (nccl): rank ",
-               mpi_.rank(), " sees no GPU");
-    device_ = mpi_.local_rank() % devices;
+               rank(), " sees no GPU");
+    device_ = local_rank() % devices;
     c10::cuda::set_device(c10::DeviceIndex(device_));
     ncclUniqueId id;
-    if (mpi_.rank() == 0) check(ncclGetUniqueId(&id), "ncclGetUniqueId");
-    mpi_.broadcast_bytes(&id, sizeof(id), 0, "broadcast of the NCCL unique id");
+    if (rank() == 0) check(ncclGetUniqueId(&id), "ncclGetUniqueId");
+    if (mpi_) mpi_->broadcast_bytes(&id, sizeof(id), 0, "broadcast of the NCCL unique id");
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0;
-    check(ncclCommInitRankConfig(&comm_, mpi_.size(), id, mpi_.rank(), &config),
-          "ncclCommInitRankConfig");
+    check(ncclCommInitRankConfig(&comm_, size(), id, rank(), &config), "ncclCommInitRankConfig");
     settle("communicator setup", 0);
   }
   ~NcclComm() override {
     if (comm_) ncclCommDestroy(comm_);
   }
   std::string backend() const override { return "nccl"; }
-  int rank() const override { return mpi_.rank(); }
-  int size() const override { return mpi_.size(); }
-  int local_rank() const override { return mpi_.local_rank(); }
-  void set_timeout(double s) override { mpi_.set_timeout(s); }
+  int rank() const override { return mpi_ ? mpi_->rank() : 0; }
+  int size() const override { return mpi_ ? mpi_->size() : 1; }
+  int local_rank() const override { return mpi_ ? mpi_->local_rank() : 0; }
+  void set_timeout(double s) override {
+    timeout_s_ = s;
+    if (mpi_) mpi_->set_timeout(s);
+  }
 
   void all_reduce_sum(torch::Tensor& t) override {
-    if (!t.is_cuda()) return mpi_.all_reduce_sum(t);
-    if (size() == 1) return;
+    if (!t.is_cuda()) {
+      if (mpi_) mpi_->all_reduce_sum(t);
+      return;
+    }
     MMFL_CHECK(t.is_contiguous(), "comm (nccl): all_reduce_sum needs a contiguous tensor");
     const int64_t bytes = t.numel() * int64_t(t.element_size());
     bytes_sent_ += bytes;
@@ -86,12 +93,11 @@ class NcclComm : public Communicator {
   }
 
   std::vector<torch::Tensor> all_gather(const torch::Tensor& t_in) override {
-    if (!t_in.is_cuda()) return mpi_.all_gather(t_in);
-    if (size() == 1) return {t_in};
+    if (!t_in.is_cuda()) return mpi_ ? mpi_->all_gather(t_in) : std::vector<torch::Tensor>{t_in};
     const auto t = t_in.dim() == 0 ? t_in.reshape({1}) : t_in.contiguous();
     // Row counts over MPI, then one NCCL all-gather of every rank's rows padded to the most.
-    auto rows = torch::tensor({t.size(0)}, torch::kInt64);
-    const auto counts = mpi_.all_gather(rows);
+    const auto rows = torch::tensor({t.size(0)}, torch::kInt64);
+    const auto counts = mpi_ ? mpi_->all_gather(rows) : std::vector<torch::Tensor>{rows};
     int64_t max_rows = 0;
     for (const auto& c : counts)
       max_rows = std::max(max_rows, c.item<int64_t>());
@@ -116,10 +122,12 @@ class NcclComm : public Communicator {
   }
 
   void broadcast(torch::Tensor& t, int root) override {
-    if (!t.is_cuda()) return mpi_.broadcast(t, root);
     MMFL_CHECK(root >= 0 && root < size(), "comm (nccl): broadcast from rank ", root, " of ",
                size());
-    if (size() == 1) return;
+    if (!t.is_cuda()) {
+      if (mpi_) mpi_->broadcast(t, root);
+      return;
+    }
     MMFL_CHECK(t.is_contiguous(), "comm (nccl): broadcast needs a contiguous tensor");
     const int64_t bytes = t.numel() * int64_t(t.element_size());
     if (rank() == root) bytes_sent_ += bytes;
@@ -129,7 +137,9 @@ class NcclComm : public Communicator {
     settle("broadcast", bytes);
   }
 
-  void barrier() override { mpi_.barrier(); }
+  void barrier() override {
+    if (mpi_) mpi_->barrier();
+  }
 
  private:
   cudaStream_t stream() const { return c10::cuda::getCurrentCUDAStream(c10::DeviceIndex(device_)); }
@@ -144,7 +154,7 @@ class NcclComm : public Communicator {
   // asynchronous error; past the timeout the communicator is aborted and an Error names the op.
   void settle(const char* op, int64_t bytes) {
     const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                             std::chrono::duration<double>(mpi_.timeout_s()));
+                                             std::chrono::duration<double>(timeout_s_));
     for (int64_t polls = 0;; ++polls) {
       ncclResult_t state = ncclSuccess;
       ncclCommGetAsyncError(comm_, &state);
@@ -161,7 +171,7 @@ class NcclComm : public Communicator {
         char mbs[32];
         std::snprintf(mbs, sizeof(mbs), "%.2f MB", double(bytes) / 1e6);
         MMFL_FAIL("comm (nccl): rank ", rank(), " of ", size(), ": ", op, " (", mbs,
-                  ") did not finish within comm.timeout_s = ", mpi_.timeout_s(),
+                  ") did not finish within comm.timeout_s = ", timeout_s_,
                   " s: another rank died or stalled before joining it; every rank is stopped. "
                   "The last checkpoint is intact: resume with mmfl run --resume");
       }
@@ -169,7 +179,8 @@ class NcclComm : public Communicator {
     }
   }
 
-  MpiComm mpi_;
+  std::unique_ptr<MpiComm> mpi_;  // null: one rank, not launched by mpirun
+  double timeout_s_;
   ncclComm_t comm_ = nullptr;
   int device_ = 0;
 };
@@ -177,7 +188,7 @@ class NcclComm : public Communicator {
 }  // namespace
 
 std::unique_ptr<Communicator> make_nccl(double timeout_s) {
-  return std::make_unique<NcclComm>(timeout_s);
+  return std::make_unique<NcclComm>(timeout_s, launch_info().by_mpirun);
 }
 
 }  // namespace mmfl::engine::comm::detail

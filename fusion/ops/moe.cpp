@@ -303,6 +303,40 @@ MoeRouting route_token_choice(const torch::Tensor& logits, int64_t k) {
   return r;
 }
 
+MoeRouting concat_routings(const std::vector<MoeRouting>& parts,
+                           const std::vector<torch::Tensor>& token_maps) {
+  MMFL_CHECK(!parts.empty(), "concat_routings: no routings given");
+  MMFL_CHECK(token_maps.size() == parts.size(), "concat_routings: ", parts.size(), " routings but ",
+             token_maps.size(), " token maps (one per routing, or undefined)");
+  std::vector<torch::Tensor> orders, gates;
+  MoeRouting r;
+  r.offsets.push_back(0);
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const MoeRouting& p = parts[i];
+    MMFL_CHECK(p.offsets.size() >= 2 && p.order.defined() && p.gate.defined() &&
+                   p.order.numel() == p.offsets.back() && p.gate.numel() == p.offsets.back(),
+               "concat_routings: routing ", i,
+               " is malformed (offsets must hold experts + 1 >= 2 "
+               "entries ending at the number of slots, order and gate one entry per slot)");
+    auto order = p.order;
+    if (token_maps[i].defined()) {
+      const auto& m = token_maps[i];
+      MMFL_CHECK(m.scalar_type() == torch::kInt64 && m.dim() == 1 && m.device() == order.device(),
+                 "concat_routings: token_maps[", i, "] must be int64 [tokens] on ", order.device(),
+                 ", got ", m.scalar_type(), " ", m.sizes(), " on ", m.device());
+      order = m.index_select(0, order);
+    }
+    orders.push_back(order);
+    gates.push_back(p.gate);
+    const int64_t base = r.offsets.back();
+    for (size_t e = 1; e < p.offsets.size(); ++e)
+      r.offsets.push_back(base + p.offsets[e]);
+  }
+  r.order = torch::cat(orders);
+  r.gate = torch::cat(gates);
+  return r;
+}
+
 torch::Tensor moe_ffn_loop(const torch::Tensor& x, const MoeRouting& r, const torch::Tensor& w1,
                            const torch::Tensor& b1, const torch::Tensor& w2,
                            const torch::Tensor& b2) {

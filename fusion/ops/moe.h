@@ -32,6 +32,14 @@ MoeRouting route_expert_choice(const torch::Tensor& logits, int64_t capacity);
 // renormalized). Slots of one expert in increasing token order; S = T k.
 MoeRouting route_token_choice(const torch::Tensor& logits, int64_t k);
 
+// Several routings as one, so that all of them run in one moe_ffn call (MoMa: one routing per
+// modality group over that group's tokens). Part i's token indices are mapped through
+// token_maps[i] (int64 [T_i] on the routing's device: the row of x of part i's token j; an
+// undefined tensor keeps them as they are), and its experts follow part i-1's: experts
+// E_0 + ... + E_{i-1} .. of the result. Gates are concatenated (autograd flows through).
+MoeRouting concat_routings(const std::vector<MoeRouting>& parts,
+                           const std::vector<torch::Tensor>& token_maps);
+
 // y[t] = sum over slots s with order[s] == t of gate[s] * (w2[e] gelu(w1[e] x[t] + b1[e]) + b2[e])
 // where e is the expert owning slot s. x [T, d], w1 [E, f, d], b1 [E, f], w2 [E, d, f], b2 [E, d],
 // all float32 on one device (CPU or CUDA); gelu is the exact (erf) GELU, torch::gelu's default.

@@ -104,6 +104,13 @@ def metrics(run_dir):
         return [json.loads(line) for line in f if line.strip()]
 
 
+def listing(run_dir):
+    out = []
+    for root, _, files in os.walk(run_dir):
+        out += [os.path.relpath(os.path.join(root, f), run_dir) for f in files]
+    return sorted(out)
+
+
 def same_metrics(ref, other, what):
     a, b = metrics(ref), metrics(other)
     if len(a) != len(b):
@@ -140,6 +147,13 @@ def same_at_1_2_3(tmp, text):
         outs[ranks] = out
     for ranks in (1, 2, 3):
         same_metrics(outs[0], outs[ranks], f"{ranks} rank(s)")
+        # Rank 0 alone writes the run directory: the same files as a one-rank run.
+        if listing(outs[ranks]) != listing(outs[0]):
+            fail(f"{ranks} ranks wrote {listing(outs[ranks])}, one rank {listing(outs[0])}")
+    with open(os.path.join(outs[3], "report.json")) as f:
+        rep = json.load(f)
+    if rep.get("ranks") != 3 or rep.get("comm_backend") != "mpi":
+        fail(f"3-rank report.json says ranks {rep.get('ranks')}, backend {rep.get('comm_backend')}")
     m = metrics(outs[3])[0]
     if m.get("ranks") != 3 or m.get("comm_bytes", 0) <= 0:
         fail(f"3-rank metrics lack ranks/comm_bytes: {m}")

@@ -127,6 +127,15 @@ TEST_F(MoeOp, TokenChoiceGivesEveryTokenItsTopK) {
   check_token_choice(torch::zeros({5, 3}), 2);  // all tied: experts 0 and 1
 }
 
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
 struct Weights {
   torch::Tensor x, gate, w1, b1, w2, b2;
   std::vector<torch::Tensor> all() const { return {x, gate, w1, b1, w2, b2}; }
@@ -256,6 +265,34 @@ TEST_F(MoeOp, RoutedFfnMatchesLoopWithRouterGradients) {
   }
 }
 
+// Two modality groups interleaved in x (image tokens at even rows, text at odd), each routed by
+// expert choice over its own tokens, run as one call: equal to the two groups run separately.
+TEST_F(MoeOp, ConcatenatedGroupRoutingsEqualSeparateCalls) {
+  const int64_t t = 40, d = 6, f = 10;
+  const auto x = torch::randn({t, d});
+  const auto img_rows = torch::arange(0, t, 2, torch::kInt64),
+             txt_rows = torch::arange(1, t, 2, torch::kInt64);
+  const auto li = torch::randn({t / 2, 3}), lt = torch::randn({t / 2, 2});
+  const auto ri = ops::route_expert_choice(li, 5), rt = ops::route_expert_choice(lt, 7);
+  const auto r = ops::concat_routings({ri, rt}, {img_rows, txt_rows});
+  EXPECT_EQ(r.offsets, (std::vector<int64_t>{0, 5, 10, 15, 22, 29}));
+  const auto w1 = torch::randn({5, f, d}), b1 = torch::randn({5, f}), w2 = torch::randn({5, d, f}),
+             b2 = torch::randn({5, d});
+  const auto y = ops::moe_ffn(x, r, w1, b1, w2, b2);
+  auto sep = torch::zeros({t, d});
+  sep.index_copy_(0, img_rows,
+                  ops::moe_ffn(x.index_select(0, img_rows), ri, w1.narrow(0, 0, 3),
+                               b1.narrow(0, 0, 3), w2.narrow(0, 0, 3), b2.narrow(0, 0, 3)));
+  sep.index_copy_(0, txt_rows,
+                  ops::moe_ffn(x.index_select(0, txt_rows), rt, w1.narrow(0, 3, 2),
+                               b1.narrow(0, 3, 2), w2.narrow(0, 3, 2), b2.narrow(0, 3, 2)));
+  expect_close(y, sep, "y");
+  EXPECT_NE(error_of([&] {
+              ops::concat_routings({ri, rt}, {img_rows});
+            }).find("2 routings but 1"),
+            std::string::npos);
+}
+
 TEST_F(MoeOp, NoInputGradientWhenXIsConstant) {
   const auto x = torch::randn({6, 3});
   auto w1 = torch::randn({2, 4, 3}).requires_grad_();
@@ -265,15 +302,6 @@ TEST_F(MoeOp, NoInputGradientWhenXIsConstant) {
       .backward();
   EXPECT_FALSE(x.grad().defined());
   EXPECT_TRUE(w1.grad().defined());
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 TEST_F(MoeOp, RejectsBadArgumentsNamingWhatToFix) {
