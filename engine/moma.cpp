@@ -260,11 +260,13 @@ RoundStats MomaStrategy::run_round(const std::vector<const ClientSpec*>& cohort,
   const auto mine = comm::local_share(cohort, world, comm::Placement::kCost);
   const bool dump = cfg_.moe.dump_round == round;
   std::vector<Update> updates;
-  std::vector<std::vector<std::vector<fusion::MoeGroupTrace>>> traces(mine.size());
-  for (size_t i = 0; i < mine.size(); ++i)
-    updates.push_back(train_client(*mine[i], round, dump ? &traces[i] : nullptr));
-  if (dump) {
-    // This rank's clients (one file set per client; the counts of every client below).
+  std::map<int64_t, std::vector<std::vector<fusion::MoeGroupTrace>>> traces;
+  for (const auto* c : mine)
+    updates.push_back(train_client(*c, round, dump ? &traces[c->id] : nullptr));
+  updates = comm::gather_updates(world, std::move(updates), data_.pool.images.device());
+  if (dump && world.rank() == 0) {
+    // Rank 0 writes the run directory: every client's counts, the routing traces of the
+    // clients it trained (all of them in a one-rank run).
     const auto dir = std::filesystem::path(run_dir_) / ("moe_round_" + std::to_string(round));
     std::filesystem::create_directories(dir);
     const auto& moe = global_->core->moe(0);
@@ -281,8 +283,10 @@ RoundStats MomaStrategy::run_round(const std::vector<const ClientSpec*>& cohort,
               it->second.sum().item<int64_t>();
       }
       const std::string c = "client_" + std::to_string(u.client_id);
-      for (size_t l = 0; l < traces[i].size(); ++l)
-        for (const auto& tr : traces[i][l]) {
+      const auto tr_it = traces.find(u.client_id);
+      if (tr_it == traces.end()) continue;
+      for (size_t l = 0; l < tr_it->second.size(); ++l)
+        for (const auto& tr : tr_it->second[l]) {
           const std::string p = c + "_layer" + std::to_string(l) + "_" + tr.group;
           if (tr.scores.defined())
             write_npy((dir / (p + "_scores.npy")).string(), tr.scores.cpu().contiguous());
@@ -304,7 +308,6 @@ RoundStats MomaStrategy::run_round(const std::vector<const ClientSpec*>& cohort,
     j["groups"] = groups;
     std::ofstream((dir / "layout.json").string()) << j.dump(2) << "\n";
   }
-  updates = comm::gather_updates(world, std::move(updates), data_.pool.images.device());
   auto flat = global_->get_all();
   const auto rep = aggregate_moma(updates, flat);
   for (const auto& [name, v] : flat)

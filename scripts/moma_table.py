@@ -6,13 +6,14 @@ layer): one dense FFN shared by both modalities, one dense FFN per modality, MoM
 for every row (rounds, cohort, data, seed). Runs `mmfl run` per row into OUT/<row> (a row whose
 report.json exists is reused), then prints a markdown table of the last evaluation, the expert
 load balance (max/mean tokens per expert, averaged over rounds and layers; 1 = balanced) and
-the mean wall time per round.
+the median wall time per round.
 
 usage: scripts/moma_table.py [--mmfl build/mmfl] [--out runs/moma_table] [--set KEY=VALUE ...]
 """
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -55,7 +56,9 @@ def main():
         rep = json.load(open(os.path.join(out, "report.json")))
         desc = rep.get("model", {})
         ev = [r for r in m if "text_acc" in r][-1]
-        wall = sum(r["wall_s"] for r in m) / len(m)
+        # The median round: the machine is shared, and a few rounds stalled by other work
+        # would dominate a mean.
+        wall = statistics.median(r["wall_s"] for r in m)
         pct = lambda k: f"{100 * ev[k]:.1f}"
         if i == 0:
             bal = f"{balance(m, 'shared'):.2f} (one FFN)"

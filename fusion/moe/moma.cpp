@@ -94,15 +94,16 @@ MoeLayerOutput ModalityMoe::forward(const torch::Tensor& x, const std::vector<to
   MoeLayerOutput out;
   out.aux = torch::zeros({}, x.options());
   out.tokens.assign(size_t(experts()), 0);
-  std::vector<torch::Tensor> order, gate;
-  std::vector<int64_t> offsets = {0};
+  std::vector<ops::MoeRouting> parts;
+  std::vector<torch::Tensor> maps;
   const auto i64 = x.options().dtype(torch::kInt64);
   for (size_t g = 0; g < groups_.size(); ++g) {
     const auto& go = groups_[g];
     const int64_t T = rows[g].defined() ? rows[g].size(0) : 0;
     if (T == 0) {  // no token of this modality in the batch: its experts get no slots
-      for (int64_t e = 0; e < go.experts; ++e)
-        offsets.push_back(offsets.back());
+      parts.push_back({torch::zeros({0}, i64), std::vector<int64_t>(size_t(go.experts + 1), 0),
+                       torch::zeros({0}, x.options())});
+      maps.emplace_back();
       continue;
     }
     ops::MoeRouting r;
@@ -132,19 +133,14 @@ MoeLayerOutput ModalityMoe::forward(const torch::Tensor& x, const std::vector<to
         if (trace) scores = probs.detach();
       }
     }
-    for (int64_t e = 0; e < go.experts; ++e) {
-      const int64_t n = r.offsets[size_t(e + 1)] - r.offsets[size_t(e)];
-      out.tokens[size_t(begin_[g] + e)] = n;
-      offsets.push_back(offsets.back() + n);
-    }
+    for (int64_t e = 0; e < go.experts; ++e)
+      out.tokens[size_t(begin_[g] + e)] = r.offsets[size_t(e + 1)] - r.offsets[size_t(e)];
     if (trace) out.trace.push_back({names_[g], scores, r.order.detach().clone(), r.offsets});
-    order.push_back(rows[g].index_select(0, r.order));  // group-local -> rows of x (increasing)
-    gate.push_back(r.gate);
+    parts.push_back(std::move(r));
+    maps.push_back(rows[g]);  // group-local token -> row of x (increasing, so slot order holds)
   }
-  ops::MoeRouting all;
-  all.offsets = offsets;
-  all.order = order.empty() ? torch::zeros({0}, i64) : torch::cat(order);
-  all.gate = gate.empty() ? torch::zeros({0}, x.options()) : torch::cat(gate);
+  // Every group's slots in one routing over the rows of x: one moe_ffn call for all groups.
+  const auto all = ops::concat_routings(parts, maps);
   out.y = impl_ == MoeImpl::kFused ? ops::moe_ffn(x, all, w1, b1, w2, b2)
                                    : ops::moe_ffn_loop(x, all, w1, b1, w2, b2);
   return out;
