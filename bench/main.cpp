@@ -1,6 +1,6 @@
 // mmfl_bench: the kernels of kernels/ against LibTorch compositions of the same math.
 //   mmfl_bench [--device cpu|cuda|all] [--filter SUBSTR] [--quick] [--json FILE]
-// Filters: gemm, aggregate, pool, topk, infonce, ensemble, regularizer, mlora.
+// Filters: gemm, aggregate, pool, topk, infonce, ensemble, regularizer, mlora, moe.
 // CPU rows compare the CPU path with LibTorch's CPU ops; CUDA rows (when a GPU is visible) use
 // CUDA events, an L2 flush between repeats and the copy-bandwidth / GEMM ceilings measured here.
 #include <torch/torch.h>
@@ -16,6 +16,7 @@
 #include "fusion/contrastive.h"
 #include "fusion/creamfl.h"
 #include "fusion/ops/cpu_context.h"
+#include "fusion/ops/moe.h"
 #include "fusion/ops/multi_lora.h"
 #include "fusion/ops/sparse.h"
 #include "mmfl/error.h"
@@ -225,6 +226,111 @@ void bench_mlora_rows(const Options& o, Report& rep, torch::Device dev,
       rep.add(r);
     }
   }
+}
+
+// ---- Mixture of modality-aware experts (MoMa) layer (CPU and CUDA rows from the same code) ------
+
+// One MoE FFN layer, forward and backward, over T tokens of which the first half are image tokens
+// and the second half text tokens; 4 image and 4 text experts of d -> f -> d (GELU), expert choice
+// inside each modality group (capacity = group tokens / group experts, so S = T slots), sigmoid
+// gates from a linear router per group. Gradients for x, the router and every expert.
+//   op:    route_expert_choice per group + one moe_ffn call over both groups' 8 experts
+//   loop:  the same routing + moe_ffn_loop (index_select / index_add per expert, autograd)
+//   dense: one FFN of d -> f -> d over all T tokens (the same active FLOPs), LibTorch autograd
+// Cost model: 12 S d f useful FLOPs (2 GEMMs forward, 4 backward); the router's 6 T d E and the
+// elementwise work are not counted. Ceiling: LibTorch's GEMM on [T, d] x [d, f] in the same run.
+struct MoeBenchShape {
+  int64_t tokens, model, hidden;
+};
+
+void bench_moe_rows(const Options& o, Report& rep, torch::Device dev,
+                    const std::function<Timing(const std::function<void()>&)>& time,
+                    const std::vector<MoeBenchShape>& shapes) {
+  namespace F = torch::nn::functional;
+  const auto opts = torch::TensorOptions().device(dev);
+  const int64_t per_group = 4, experts = 2 * per_group;
+  for (const MoeBenchShape& sh : shapes) {
+    const int64_t t = sh.tokens, d = sh.model, f = sh.hidden, half = t / 2;
+    const int64_t capacity = half / per_group;
+    const auto x0 = torch::randn({t, d}, opts);
+    const auto gy = torch::randn({t, d}, opts);
+    auto leaf = [](torch::Tensor v) { return v.requires_grad_(); };
+    const auto router = leaf(torch::randn({2, d, per_group}, opts) / std::sqrt(double(d)));
+    const auto w1 = leaf(torch::randn({experts, f, d}, opts) / std::sqrt(double(d)));
+    const auto b1 = leaf(torch::zeros({experts, f}, opts));
+    const auto w2 = leaf(torch::randn({experts, d, f}, opts) / std::sqrt(double(f)));
+    const auto b2 = leaf(torch::zeros({experts, d}, opts));
+    auto x = x0.clone().requires_grad_();
+    const auto text_tokens = torch::arange(half, t, opts.dtype(torch::kInt64));
+    // Both groups' routings as one: the text group's tokens are offset by T/2, its experts follow
+    // the image group's.
+    auto route = [&]() {
+      const auto img =
+          fusion::ops::route_expert_choice(torch::mm(x.narrow(0, 0, half), router[0]), capacity);
+      const auto txt = fusion::ops::route_expert_choice(
+          torch::mm(x.narrow(0, half, t - half), router[1]), capacity);
+      return fusion::ops::concat_routings({img, txt}, {torch::Tensor(), text_tokens});
+    };
+    std::vector<torch::Tensor> params{x, router, w1, b1, w2, b2};
+    auto clear = [&] {
+      for (auto& p : params)
+        p.mutable_grad() = torch::Tensor();
+    };
+    const Timing op = time([&] {
+      clear();
+      fusion::ops::moe_ffn(x, route(), w1, b1, w2, b2).backward(gy);
+    });
+    const Timing loop = time([&] {
+      clear();
+      fusion::ops::moe_ffn_loop(x, route(), w1, b1, w2, b2).backward(gy);
+    });
+    const auto dw1 = leaf(torch::randn({f, d}, opts) / std::sqrt(double(d)));
+    const auto db1 = leaf(torch::zeros({f}, opts));
+    const auto dw2 = leaf(torch::randn({d, f}, opts) / std::sqrt(double(f)));
+    const auto db2 = leaf(torch::zeros({d}, opts));
+    std::vector<torch::Tensor> dense_params{x, dw1, db1, dw2, db2};
+    const Timing dense = time([&] {
+      for (auto& p : dense_params)
+        p.mutable_grad() = torch::Tensor();
+      F::linear(F::gelu(F::linear(x, dw1, db1)), dw2, db2).backward(gy);
+    });
+    // The ceiling: LibTorch's GEMM of the FFN's first product.
+    const auto ga = torch::randn({t, d}, opts), gb = torch::randn({d, f}, opts);
+    const Timing gemm = time([&] { torch::mm(ga, gb); });
+    const double ceiling = 2.0 * double(t) * double(d) * double(f) / (gemm.median_ms * 1e-3);
+    const double slots = double(experts * capacity);
+    const double flops = 12.0 * slots * double(d) * double(f);
+    // Bytes (model): w1 and w2 (2 E d f floats) read forward, read backward and their gradients
+    // written (6 E d f); the saved activations x_slots, pre, act, out (S (2 d + 2 f)) and the
+    // backward's grad_out, grad_pre, grad_x_slots (S (2 d + f)) each written once and read once.
+    const double bytes = 4.0 * (6.0 * double(experts) * double(d) * double(f) +
+                                2.0 * slots * (4.0 * double(d) + 3.0 * double(f)));
+    char shape[160];
+    std::snprintf(shape, sizeof shape, "T=%lld (%lld img + %lld txt) d=%lld f=%lld 4+4 EC",
+                  (long long)t, (long long)half, (long long)(t - half), (long long)d, (long long)f);
+    for (int which = 0; which < 2; ++which) {
+      Row r;
+      r.op = which == 0 ? "moe_layer_vs_dense" : "moe_layer_vs_loop";
+      r.backend = dev.is_cuda() ? "cuda" : "cpu";
+      r.shape = shape;
+      r.kernel = op;
+      r.baseline = which == 0 ? dense : loop;
+      r.flops = flops;
+      r.ceiling = ceiling;
+      r.ceiling_name =
+          dev.is_cuda() ? "LibTorch GPU GEMM [T,d]x[d,f]" : "LibTorch CPU GEMM [T,d]x[d,f]";
+      char note[256];
+      std::snprintf(note, sizeof note,
+                    "op/dense %.2fx (target <= %.1fx), loop/op %.2fx (target >= %.0fx); "
+                    "dense %.1f ms, loop %.1f ms; %.0f MB moved (model)",
+                    op.median_ms / dense.median_ms, dev.is_cuda() ? 1.2 : 1.5,
+                    loop.median_ms / op.median_ms, dev.is_cuda() ? 3.0 : 2.0, dense.median_ms,
+                    loop.median_ms, bytes / 1e6);
+      r.note = note;
+      rep.add(r);
+    }
+  }
+  (void)o;
 }
 
 // ---- Top-k + pack + aggregate (sparse LoRA updates)
@@ -486,6 +592,15 @@ void bench_cpu(const Options& o, Report& rep) {
         [&](const std::function<void()>& f) { return time_cpu(f, 1, o.quick ? 3 : 5, 30.0); },
         gemm);
   }
+  if (selected(o, "moe")) {
+    // This machine's sizes: the layer (T 16384, d 1024, f 4096) is ~0.8 TFLOP a step.
+    std::vector<MoeBenchShape> shapes{{4096, 512, 2048}};
+    if (!o.quick) shapes.push_back({8192, 1024, 4096});
+    bench_moe_rows(
+        o, rep, torch::kCPU,
+        [&](const std::function<void()>& f) { return time_cpu(f, 1, o.quick ? 3 : 5, 60.0); },
+        shapes);
+  }
   if (selected(o, "regularizer")) {
     // The clients' inter-modal term: a batch of B public features against all N global features.
     const int64_t n = o.quick ? 4096 : 50000, d = 256;
@@ -583,6 +698,15 @@ void bench_cuda(const Options& o, Report& rep) {
     std::printf("# GPU fp32 GEMM ceiling (16384x1024 x 1024x1024): %.1f TFLOP/s\n", gemm / 1e12);
     bench_mlora_rows(
         o, rep, dev, [&](const std::function<void()>& f) { return time_gpu(f, 2, 10); }, gemm);
+    at::globalContext().setAllowTF32CuBLAS(tf32_before);
+  }
+  if (selected(o, "moe")) {
+    // fp32 throughout (TF32 off for LibTorch's GEMMs, as the kernels' SIMT fp32).
+    const bool tf32_before = at::globalContext().allowTF32CuBLAS();
+    at::globalContext().setAllowTF32CuBLAS(false);
+    bench_moe_rows(o, rep, dev,
+                   [&](const std::function<void()>& f) { return time_gpu(f, 2, o.quick ? 5 : 10); },
+                   {{16384, 1024, 4096}});
     at::globalContext().setAllowTF32CuBLAS(tf32_before);
   }
   if (selected(o, "aggregate")) {

@@ -251,6 +251,84 @@ OpCase multi_lora_case(std::vector<int64_t> client_rows, int64_t in, int64_t out
           }};
 }
 
+// MoE experts: expert slot counts (zeros included), forward (gather, both GEMMs, the gated
+// combine) then backward (slot gradients, both GEMMs, weight and bias gradients, the combine of
+// dx). Each backend's backward runs on its own forward's outputs. Bounds as multi_lora's: 1e-5
+// relative plus 1e-5 of the output's largest value (fp32 sums of at most max(d, f, slots) terms;
+// the CPU path's vectorized erf adds at most 2e-7 absolute to the GELU).
+OpCase moe_case(std::vector<int64_t> counts, int64_t tokens, int64_t d, int64_t f) {
+  std::string name = "moe_slots";
+  for (int64_t n : counts)
+    name += "_" + std::to_string(n);
+  name += "_T" + std::to_string(tokens) + "_d" + std::to_string(d) + "_f" + std::to_string(f);
+  return {
+      name, [=](std::mt19937_64& rng) {
+        const int64_t experts = static_cast<int64_t>(counts.size());
+        std::vector<int64_t> offsets{0}, order;
+        std::vector<int64_t> perm(static_cast<size_t>(tokens));
+        for (int64_t n : counts) {
+          offsets.push_back(offsets.back() + n);
+          for (int64_t t = 0; t < tokens; ++t)
+            perm[t] = t;
+          std::shuffle(perm.begin(), perm.end(), rng);
+          std::sort(perm.begin(), perm.begin() + n);
+          order.insert(order.end(), perm.begin(), perm.begin() + n);
+        }
+        const int64_t slots = offsets.back();
+        const kernels::MoeShape shape{tokens, experts, slots, d, f};
+        const auto x = random_normal(rng, tokens * d, 1.0f);
+        std::vector<float> gate(static_cast<size_t>(slots));
+        for (float& g : gate)
+          g = std::uniform_real_distribution<float>(0.0f, 1.0f)(rng);
+        const auto w1 = random_normal(rng, experts * f * d, 1.0f / std::sqrt(float(d)));
+        const auto b1 = random_normal(rng, experts * f, 0.1f);
+        const auto w2 = random_normal(rng, experts * d * f, 1.0f / std::sqrt(float(f)));
+        const auto b2 = random_normal(rng, experts * d, 0.1f);
+        const auto gy = random_normal(rng, tokens * d, 1.0f);
+        return CaseRun([=](Backend be) {
+          DeviceBuffer<float> d_x(be, x), d_gate(be, gate), d_w1(be, w1), d_b1(be, b1),
+              d_w2(be, w2), d_b2(be, b2), d_gy(be, gy);
+          DeviceBuffer<int64_t> d_order(be, order), d_off(be, offsets), tok_off(be, tokens + 1),
+              tok_slots(be, std::max<int64_t>(slots, 1));
+          DeviceBuffer<float> x_slots(be, slots * d), pre(be, slots * f), act(be, slots * f),
+              out(be, slots * d), y(be, tokens * d), g_gate(be, slots), g_out(be, slots * d),
+              g_pre(be, slots * f), g_xs(be, slots * d), gx(be, tokens * d),
+              gw1(be, experts * f * d), gb1(be, experts * f), gw2(be, experts * d * f),
+              gb2(be, experts * d);
+          for (auto* buf : {&x_slots, &pre, &act, &out, &y, &g_gate, &g_out, &g_pre, &g_xs, &gx,
+                            &gw1, &gb1, &gw2, &gb2})
+            buf->fill(kNaN);
+          ops::moe_token_slots(be, d_order.get(), slots, tokens, tok_off.get(), tok_slots.get());
+          ops::moe_experts_forward(be, d_x.get(), d_order.get(), d_off.get(), d_w1.get(),
+                                   d_b1.get(), d_w2.get(), d_b2.get(), shape, x_slots.get(),
+                                   pre.get(), act.get(), out.get());
+          ops::moe_combine(be, out.get(), d_gate.get(), tok_off.get(), tok_slots.get(), shape,
+                           y.get());
+          ops::moe_experts_backward(be, d_order.get(), d_off.get(), d_gate.get(), d_w1.get(),
+                                    d_w2.get(), shape, x_slots.get(), pre.get(), act.get(),
+                                    out.get(), d_gy.get(), g_gate.get(), g_out.get(), g_pre.get(),
+                                    g_xs.get(), gw1.get(), gb1.get(), gw2.get(), gb2.get());
+          ops::moe_combine(be, g_xs.get(), nullptr, tok_off.get(), tok_slots.get(), shape,
+                           gx.get());
+          const double t = 1e-5;
+          return std::vector<Output>{{"x_slots", x_slots.download(), 0, 0, 0},
+                                     {"pre", pre.download(), t, t, 1},
+                                     {"act", act.download(), t, t, 1},
+                                     {"out", out.download(), t, t, 1},
+                                     {"y", y.download(), t, t, 1},
+                                     {"grad_gate", g_gate.download(), t, t, 1},
+                                     {"grad_out", g_out.download(), t, t, 1},
+                                     {"grad_pre", g_pre.download(), t, t, 1},
+                                     {"grad_x_slots", g_xs.download(), t, t, 1},
+                                     {"gx", gx.download(), t, t, 1},
+                                     {"gw1", gw1.download(), t, t, 1},
+                                     {"gb1", gb1.download(), t, t, 1},
+                                     {"gw2", gw2.download(), t, t, 1},
+                                     {"gb2", gb2.download(), t, t, 1}};
+        });
+      }};
+}
+
 // Top-k: exact (selection and copies only), so every output is compared bit for bit. Indices are
 // compared as floats: exact below 2^24.
 OpCase topk_case(int64_t rows, int64_t n, int64_t k, bool all_ties = false) {
@@ -321,6 +399,14 @@ const std::vector<OpCase>& registry() {
     c.push_back(multi_lora_case({130, 0, 64}, 300, 257, 64));
     c.push_back(multi_lora_case({0, 0}, 5, 4, 2));
     c.push_back(multi_lora_case({9, 40, 0}, 33, 31, 17, /*with_gx=*/false));
+    // MoE experts: one slot, experts without slots (first, middle, last, all), counts that are not
+    // multiples of the GPU's 64-row tile or the CPU's 256-row tile, widths not multiples of 16,
+    // tokens that no slot names and tokens with several slots.
+    c.push_back(moe_case({1}, 1, 1, 1));
+    c.push_back(moe_case({3, 0, 5}, 9, 7, 11));
+    c.push_back(moe_case({0, 70, 1, 33}, 80, 19, 45));
+    c.push_back(moe_case({260, 0, 20}, 300, 9, 70));
+    c.push_back(moe_case({0, 0}, 5, 4, 2));
     // Top-k: k = 0, 1, n; n = 1, primes, not a multiple of 16 lanes or 256 threads; 1% and 10%.
     for (auto [r, n, kk] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1, 1, 0},
                                                                               {1, 1, 1},

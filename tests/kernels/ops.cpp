@@ -121,4 +121,46 @@ void sparse_weighted_sum(Backend backend, const int32_t* indices, const float* v
   MMFL_TEST_DISPATCH(backend, sparse_weighted_sum, indices, values, weights, rows, k, n, out, acc)
 }
 
+void moe_route_expert_choice(Backend backend, const float* logits, int64_t tokens, int64_t experts,
+                             int64_t capacity, int64_t* order, int64_t* gate_index) {
+  MMFL_TEST_DISPATCH(backend, moe_route_expert_choice, logits, tokens, experts, capacity, order,
+                     gate_index)
+}
+
+void moe_route_token_choice(Backend backend, const float* logits, int64_t tokens, int64_t experts,
+                            int64_t k, int64_t* order, int64_t* gate_index, int64_t* offsets) {
+  MMFL_TEST_DISPATCH(backend, moe_route_token_choice, logits, tokens, experts, k, order, gate_index,
+                     offsets)
+}
+
+void moe_token_slots(Backend backend, const int64_t* order, int64_t slots, int64_t tokens,
+                     int64_t* token_offsets, int64_t* token_slots) {
+  MMFL_TEST_DISPATCH(backend, moe_token_slots, order, slots, tokens, token_offsets, token_slots)
+}
+
+void moe_experts_forward(Backend backend, const float* x, const int64_t* order,
+                         const int64_t* offsets, const float* w1, const float* b1, const float* w2,
+                         const float* b2, const kernels::MoeShape& shape, float* x_slots,
+                         float* pre, float* act, float* out) {
+  MMFL_TEST_DISPATCH(backend, moe_experts_forward, x, order, offsets, w1, b1, w2, b2, shape,
+                     x_slots, pre, act, out)
+}
+
+void moe_combine(Backend backend, const float* src, const float* weight,
+                 const int64_t* token_offsets, const int64_t* token_slots,
+                 const kernels::MoeShape& shape, float* y) {
+  MMFL_TEST_DISPATCH(backend, moe_combine, src, weight, token_offsets, token_slots, shape, y)
+}
+
+void moe_experts_backward(Backend backend, const int64_t* order, const int64_t* offsets,
+                          const float* gate, const float* w1, const float* w2,
+                          const kernels::MoeShape& shape, const float* x_slots, const float* pre,
+                          const float* act, const float* out, const float* gy, float* grad_gate,
+                          float* grad_out, float* grad_pre, float* grad_x_slots, float* gw1,
+                          float* gb1, float* gw2, float* gb2) {
+  MMFL_TEST_DISPATCH(backend, moe_experts_backward, order, offsets, gate, w1, w2, shape, x_slots,
+                     pre, act, out, gy, grad_gate, grad_out, grad_pre, grad_x_slots, gw1, gb1, gw2,
+                     gb2)
+}
+
 }  // namespace mmfl::test::ops

@@ -10,6 +10,7 @@
 #include "mmfl/kernels/aggregate.h"
 #include "mmfl/kernels/bank_ce.h"
 #include "mmfl/kernels/infonce.h"
+#include "mmfl/kernels/moe.h"
 #include "mmfl/kernels/multi_lora.h"
 #include "mmfl/kernels/sparse.h"
 
@@ -57,5 +58,25 @@ void topk_by_magnitude(Backend backend, const float* x, int64_t rows, int64_t n,
 void sparse_weighted_sum(Backend backend, const int32_t* indices, const float* values,
                          const float* weights, int64_t rows, int64_t k, int64_t n, float* out,
                          kernels::Accumulator acc);
+
+void moe_route_expert_choice(Backend backend, const float* logits, int64_t tokens, int64_t experts,
+                             int64_t capacity, int64_t* order, int64_t* gate_index);
+void moe_route_token_choice(Backend backend, const float* logits, int64_t tokens, int64_t experts,
+                            int64_t k, int64_t* order, int64_t* gate_index, int64_t* offsets);
+void moe_token_slots(Backend backend, const int64_t* order, int64_t slots, int64_t tokens,
+                     int64_t* token_offsets, int64_t* token_slots);
+void moe_experts_forward(Backend backend, const float* x, const int64_t* order,
+                         const int64_t* offsets, const float* w1, const float* b1, const float* w2,
+                         const float* b2, const kernels::MoeShape& shape, float* x_slots,
+                         float* pre, float* act, float* out);
+void moe_combine(Backend backend, const float* src, const float* weight,
+                 const int64_t* token_offsets, const int64_t* token_slots,
+                 const kernels::MoeShape& shape, float* y);
+void moe_experts_backward(Backend backend, const int64_t* order, const int64_t* offsets,
+                          const float* gate, const float* w1, const float* w2,
+                          const kernels::MoeShape& shape, const float* x_slots, const float* pre,
+                          const float* act, const float* out, const float* gy, float* grad_gate,
+                          float* grad_out, float* grad_pre, float* grad_x_slots, float* gw1,
+                          float* gb1, float* gw2, float* gb2);
 
 }  // namespace mmfl::test::ops

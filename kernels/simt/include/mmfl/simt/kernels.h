@@ -6,6 +6,7 @@
 #include "mmfl/kernels/aggregate.h"
 #include "mmfl/kernels/bank_ce.h"
 #include "mmfl/kernels/infonce.h"
+#include "mmfl/kernels/moe.h"
 #include "mmfl/kernels/multi_lora.h"
 #include "mmfl/kernels/sparse.h"
 
@@ -13,6 +14,7 @@ namespace mmfl::kernels::simt {
 #include "mmfl/kernels/device/aggregate.inc"
 #include "mmfl/kernels/device/bank_ce.inc"
 #include "mmfl/kernels/device/infonce.inc"
+#include "mmfl/kernels/device/moe.inc"
 #include "mmfl/kernels/device/multi_lora.inc"
 #include "mmfl/kernels/device/sparse.inc"
 }  // namespace mmfl::kernels::simt
