@@ -159,10 +159,56 @@ std::vector<std::pair<int64_t, std::string>> checkpoints_in(const fs::path& dir)
   return out;
 }
 
+// A multi-rank checkpoint's client state, one file per rank beside round_NNNNNN.ckpt:
+// round_NNNNNN.rank<R>.state (not a checkpoint name, so never mistaken for one).
+std::string shard_name(int64_t round, int rank) {
+  return ckpt_name(round).substr(0, ckpt_name(round).size() - 5) + ".rank" + std::to_string(rank) +
+         ".state";
+}
+
+// Removes a checkpoint and its state shards.
+void remove_checkpoint(const fs::path& dir, int64_t round, const std::string& path) {
+  fs::remove(path);
+  const std::string prefix = ckpt_name(round).substr(0, ckpt_name(round).size() - 5) + ".rank";
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec))
+    if (e.path().filename().string().rfind(prefix, 0) == 0) fs::remove(e.path());
+}
+
 void prune_checkpoints(const fs::path& dir, int64_t keep) {
   const auto all = checkpoints_in(dir);
   for (size_t i = 0; i + size_t(keep) < all.size(); ++i)
-    fs::remove(all[i].second);
+    remove_checkpoint(dir, all[i].first, all[i].second);
+}
+
+// The tensor of a multi-rank checkpoint that says how many state shards go with it.
+constexpr const char* kShardsTensor = "meta/state_shards";
+
+// Adds the client state of `ck`'s shards (if it has any) to `ck`: every shard is read, checked
+// (CRC, round, config hash) and merged; each rank's store then keeps the clients it owns.
+void read_state_shards(Checkpoint& ck, const std::string& ck_path) {
+  const auto it = ck.tensors.find(kShardsTensor);
+  if (it == ck.tensors.end()) return;
+  const double count = it->second.numel() == 1 ? it->second.item<double>() : -1;
+  MMFL_CHECK(count >= 1 && count <= 65536 && count == std::floor(count), "checkpoint '", ck_path,
+             "': tensor '", kShardsTensor, "' does not hold a shard count");
+  ck.tensors.erase(it);
+  ck.shapes.erase(kShardsTensor);
+  const fs::path dir = fs::path(ck_path).parent_path();
+  for (int r = 0; r < int(count); ++r) {
+    const auto path = (dir / shard_name(ck.round, r)).string();
+    MMFL_CHECK(fs::exists(path), "checkpoint '", ck_path, "' was written by ", int(count),
+               " ranks, but its client state file '", path, "' is missing");
+    Checkpoint shard = load_checkpoint(path);
+    MMFL_CHECK(shard.round == ck.round && shard.config_hash == ck.config_hash, "'", path,
+               "' is not the client state of checkpoint '", ck_path, "' (round ", shard.round,
+               ", config ", shard.config_hash, ")");
+    for (auto& [name, t] : shard.tensors) {
+      MMFL_CHECK(name.rfind("state/", 0) == 0 && !ck.tensors.count(name), "'", path,
+                 "' holds tensor '", name, "', which is not client state or is in two shards");
+      ck.tensors[name] = t;
+    }
+  }
 }
 
 // Writes all of `line` to the append-only metrics file, checking each call (a full disk is an
@@ -340,8 +386,24 @@ class Experiment {
         ck.round = round;
         ck.config_hash = config_hash;
         strategy->save(ck);
-        // One file holding every rank's client state: resumable with any rank count.
-        comm::gather_state(world, ck);
+        if (world.size() > 1) {
+          // Each rank writes its clients' state (atomically); once all are on disk, rank 0 writes
+          // the checkpoint that names them, so a checkpoint never exists without its shards.
+          Checkpoint shard;
+          shard.round = round;
+          shard.config_hash = config_hash;
+          for (auto it = ck.tensors.begin(); it != ck.tensors.end();) {
+            if (it->first.rfind("state/", 0) == 0) {
+              shard.tensors.insert(*it);
+              it = ck.tensors.erase(it);
+            } else {
+              ++it;
+            }
+          }
+          save_checkpoint((dir_ / "checkpoints" / shard_name(round, world.rank())).string(), shard);
+          world.barrier();
+          ck.tensors[kShardsTensor] = torch::tensor({float(world.size())});
+        }
         if (lead()) {
           save_checkpoint((dir_ / "checkpoints" / ckpt_name(round)).string(), ck);
           prune_checkpoints(dir_ / "checkpoints", cfg_.checkpoint_keep);
@@ -448,7 +510,8 @@ class Experiment {
         MMFL_CHECK(r > 0, "rank 0 found no checkpoint '", opts_.from_checkpoint,
                    "' to resume from");
         const auto path = (ck_dir / ckpt_name(r)).string();
-        const Checkpoint ck = load_checkpoint(path);
+        Checkpoint ck = load_checkpoint(path);
+        read_state_shards(ck, path);
         check_tensors_match(strategy, ck, path);
         strategy.load(ck);
         return r;
@@ -504,6 +567,7 @@ class Experiment {
     Checkpoint ck;
     try {
       ck = load_checkpoint(ck_path);
+      read_state_shards(ck, ck_path);
       MMFL_CHECK(ck.round == file_round, "checkpoint '", ck_path, "' says round ", ck.round,
                  " but is named for round ", file_round);
       MMFL_CHECK(ck.round >= 1 && ck.round <= cfg_.rounds, "checkpoint '", ck_path, "': round ",
@@ -529,7 +593,7 @@ class Experiment {
     // Checkpoints after the chosen one describe rounds that will be trained again.
     for (const auto& [r, p] : all)
       if (r > ck.round) {
-        fs::remove(p);
+        remove_checkpoint(ck_dir, r, p);
         log("mmfl: removed " + p + " (after the checkpoint resumed from)");
       }
     log("mmfl: resuming after round " + std::to_string(ck.round) + " from " + ck_path);

@@ -318,20 +318,4 @@ std::vector<int64_t> gather_ids(Communicator& c, const std::vector<int64_t>& loc
   return out;
 }
 
-void gather_state(Communicator& c, Checkpoint& ck) {
-  if (c.size() == 1) return;
-  std::vector<std::pair<std::string, torch::Tensor>> mine;
-  if (c.rank() != 0)
-    for (const auto& [name, t] : ck.tensors)
-      if (name.rfind("state/", 0) == 0) mine.emplace_back(name, t);
-  const auto all = all_gather_strings(c, pack_tensors(mine));
-  if (c.rank() != 0) return;
-  for (size_t r = 1; r < all.size(); ++r)
-    for (auto& [name, t] : unpack_tensors(all[r])) {
-      MMFL_CHECK(name.rfind("state/", 0) == 0 && !ck.tensors.count(name), "comm: rank ", r,
-                 " sent client state '", name, "' that is not its own");
-      ck.tensors[name] = t;
-    }
-}
-
 }  // namespace mmfl::engine::comm

@@ -1,5 +1,5 @@
 // A round over several ranks: which rank trains which sampled client, and how what the ranks
-// produced comes together (updates, per-client statistics, checkpointed client state), each as
+// produced comes together (updates, per-client statistics), each as
 // a few large messages rather than one per tensor.
 #pragma once
 
@@ -10,7 +10,6 @@
 #include <string>
 #include <vector>
 
-#include "engine/checkpoint.h"
 #include "engine/comm/communicator.h"
 #include "engine/population.h"
 #include "engine/update.h"
@@ -65,9 +64,5 @@ std::string pack_tensors(const std::vector<std::pair<std::string, torch::Tensor>
                          const std::string& meta = "");
 std::vector<std::pair<std::string, torch::Tensor>> unpack_tensors(const std::string& bytes,
                                                                   std::string* meta = nullptr);
-
-// Rank 0's `ck` receives every rank's client-state tensors ("state/<id>/<name>"); the other
-// ranks' `ck` are left as they were. Every rank must call it.
-void gather_state(Communicator& c, Checkpoint& ck);
 
 }  // namespace mmfl::engine::comm

@@ -10,6 +10,7 @@ metrics at any rank count" an exact comparison. Exit 0: passed; 77: skipped (no 
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -147,9 +148,17 @@ def same_at_1_2_3(tmp, text):
         outs[ranks] = out
     for ranks in (1, 2, 3):
         same_metrics(outs[0], outs[ranks], f"{ranks} rank(s)")
-        # Rank 0 alone writes the run directory: the same files as a one-rank run.
-        if listing(outs[ranks]) != listing(outs[0]):
-            fail(f"{ranks} ranks wrote {listing(outs[ranks])}, one rank {listing(outs[0])}")
+        # Rank 0 alone writes the run directory (the same files as a one-rank run), except each
+        # rank's client-state shard beside every checkpoint (empty for a stateless strategy).
+        files = listing(outs[ranks])
+        shards = [f for f in files if re.fullmatch(r"checkpoints/round_\d+\.rank\d+\.state", f)]
+        rest = [f for f in files if f not in shards]
+        if rest != listing(outs[0]):
+            fail(f"{ranks} ranks wrote {rest}, one rank {listing(outs[0])}")
+        checkpoints = [f for f in rest if f.endswith(".ckpt")]
+        want = len(checkpoints) * ranks if ranks > 1 else 0
+        if len(shards) != want:
+            fail(f"{ranks} ranks: {len(shards)} state shards beside {len(checkpoints)} checkpoints")
     with open(os.path.join(outs[3], "report.json")) as f:
         rep = json.load(f)
     if rep.get("ranks") != 3 or rep.get("comm_backend") != "mpi":
@@ -224,6 +233,15 @@ def main():
             rc, log, _ = start(2, cfg, part, ["--stop-after", "2"])
             if rc != 0:
                 fail("2-rank run to round 2:\n" + log)
+            # A checkpoint whose state shard is gone is refused by name (on a copy of the run).
+            broken = os.path.join(tmp, "broken")
+            shutil.copytree(part, broken)
+            for f in os.listdir(os.path.join(broken, "checkpoints")):
+                if f.endswith(".rank1.state"):
+                    os.remove(os.path.join(broken, "checkpoints", f))
+            rc, log, _ = run(0, ["run", "--resume", broken, "--quiet"])
+            if rc != 2 or ".rank1.state' is missing" not in log:
+                fail(f"resume without a state shard: exit {rc}:\n{log}")
             rc, log, _ = run(3, ["run", "--resume", part, "--quiet"])
             if rc != 0:
                 fail("3-rank resume:\n" + log)

@@ -123,12 +123,6 @@ Update make_update(int64_t id, float v) {
   return u;
 }
 
-torch::Tensor bytes_of(const std::string& s) {
-  auto t = torch::empty({int64_t(s.size())}, torch::kUInt8);
-  std::memcpy(t.data_ptr(), s.data(), s.size());
-  return t;
-}
-
 TEST(Gather, UpdatesOfBothRanksInClientOrderWithEveryPart) {
   // Rank 1's message (clients 2 and 7) is what gather_updates sends from a rank holding them:
   // captured from a gather on a fake, then fed to rank 0's gather as the other rank's part.
@@ -162,23 +156,6 @@ TEST(Gather, UpdatesOfBothRanksInClientOrderWithEveryPart) {
   EXPECT_EQ(u.up.sparse.at("adapter").dense_numel, 9);
   EXPECT_TRUE(torch::equal(u.up.reps.at("image"), torch::full({2, 3}, 7.f)));
   EXPECT_EQ(u.bytes_up(), make_update(7, 7.f).bytes_up());
-}
-
-TEST(Gather, StateReachesRankZeroAndForeignNamesAreRefused) {
-  FakeTwoRanks c;
-  c.theirs = {bytes_of(pack_tensors({{"state/9/image", torch::ones({3})}}))};
-  Checkpoint ck;
-  ck.tensors["image"] = torch::zeros({2});
-  ck.tensors["state/4/image"] = torch::zeros({3});
-  gather_state(c, ck);
-  ASSERT_TRUE(ck.tensors.count("state/9/image"));
-  EXPECT_TRUE(torch::equal(ck.tensors.at("state/9/image"), torch::ones({3})));
-  EXPECT_EQ(ck.tensors.size(), 3u);
-
-  FakeTwoRanks c2;
-  c2.theirs = {bytes_of(pack_tensors({{"image", torch::ones({2})}}))};
-  Checkpoint ck2;
-  EXPECT_THROW(gather_state(c2, ck2), Error);
 }
 
 TEST(Comm, BackendResolutionAndItsErrors) {
