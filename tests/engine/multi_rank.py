@@ -3,7 +3,7 @@
 
     multi_rank.py MMFL CASE
 
-CASE is one of: fedavg, creamfl, lora, killed, stalled, resume, errors. Each run is tiny. Every
+CASE is one of: fedavg, creamfl, moma, lora, killed, stalled, resume, errors. Each run is tiny. Every
 rank uses one intra-op thread (OMP_NUM_THREADS=1), as does the one-rank reference: a GEMM's
 rounding depends on how many threads split it, so equal thread counts are what makes "the same
 metrics at any rank count" an exact comparison. Exit 0: passed; 77: skipped (no mpirun or data).
@@ -137,12 +137,12 @@ def start(ranks, cfg, out, extra=(), env=None, timeout=300):
     return rc, log, secs
 
 
-def same_at_1_2_3(tmp, text):
-    cfg = cfg_file(tmp, text)
+def same_at_1_2_3(tmp, text, extra=()):
+    cfg = text if os.path.isfile(text) else cfg_file(tmp, text)
     outs = {}
     for ranks in (0, 1, 2, 3):  # 0: without mpirun (the local backend)
         out = os.path.join(tmp, f"r{ranks}")
-        rc, log, _ = start(ranks, cfg, out)
+        rc, log, _ = start(ranks, cfg, out, extra)
         if rc != 0:
             fail(f"{ranks} ranks exited {rc}:\n{log}")
         outs[ranks] = out
@@ -182,6 +182,13 @@ def main():
             same_at_1_2_3(tmp, FEDAVG)
         elif CASE == "creamfl":
             same_at_1_2_3(tmp, CREAMFL)
+        elif CASE == "moma":
+            # configs/moma.yaml cut down: 12 clients (image-only, text-only, paired), 6 a round.
+            moma = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "configs",
+                                "moma.yaml")
+            sets = ["rounds=3", "data.train_limit=1200", "population.clients=12",
+                    "sampling.clients_per_round=6", "checkpoint.every=1"]
+            same_at_1_2_3(tmp, moma, [x for kv in sets for x in ("--set", kv)])
         elif CASE == "lora":
             cfg = cfg_file(tmp, LORA)
             for ranks in (0, 3):
