@@ -101,8 +101,10 @@ AggregateReport FedAvg::aggregate(const std::vector<Update>& updates, GlobalMode
   // Each rank's share of each weighted mean (weights: samples over ALL ranks' finite samples),
   // then one sum over the ranks of both towers' shares in one buffer.
   std::vector<torch::Tensor> parts;
+  int64_t numel[2] = {0, 0};
   for (int k = 0; k < 2; ++k) {
     const auto flat = towers[k]->flat();
+    numel[k] = flat.numel();
     if (m[2 * k + 1] == 0) continue;  // no finite row anywhere: the tower is kept
     if (rows[k].rows.empty()) {
       parts.push_back(torch::zeros_like(flat, flat.options().dtype(torch::kFloat64)));
@@ -134,9 +136,8 @@ AggregateReport FedAvg::aggregate(const std::vector<Update>& updates, GlobalMode
     int64_t off = 0;
     for (int k = 0; k < 2; ++k) {
       if (m[2 * k + 1] == 0) continue;
-      const int64_t n = towers[k]->flat().numel();
-      towers[k]->load_flat(sum.narrow(0, off, n));
-      off += n;
+      towers[k]->load_flat(sum.narrow(0, off, numel[k]));
+      off += numel[k];
     }
   }
   rep.image_clients = int64_t(m[1]);

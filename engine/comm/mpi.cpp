@@ -179,13 +179,14 @@ std::vector<torch::Tensor> MpiComm::all_gather(const torch::Tensor& t_in) {
 void MpiComm::broadcast_bytes(void* data, int64_t bytes, int root, const char* what) {
   auto* base = static_cast<char*>(data);
   if (rank_ == root) bytes_sent_ += bytes;
-  for (int64_t off = 0; off < bytes || (bytes == 0 && off == 0); off += kChunk) {
+  int64_t off = 0;
+  do {  // at least one call: an empty broadcast is still a collective every rank joins
     const int count = int(std::min(kChunk, bytes - off));
     MPI_Request req;
     check(MPI_Ibcast(base + off, count, MPI_BYTE, root, MPI_COMM_WORLD, &req), what);
     wait(req, what, bytes);
-    if (bytes == 0) break;
-  }
+    off += kChunk;
+  } while (off < bytes);
 }
 
 void MpiComm::broadcast(torch::Tensor& t, int root) {

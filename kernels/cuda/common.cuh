@@ -23,6 +23,25 @@ __device__ __forceinline__ T warp_sum(T v) {
   return v;
 }
 
+// Ordered ranking of a per-thread flag over a one-dimensional block (size a multiple of 32):
+// returns how many lower threads have the flag set, and the block's count in *total. `counts` is
+// shared memory of blockDim.x / 32 entries. All threads must call (it holds one barrier); the
+// caller makes sure no thread still reads `counts` from a previous call (a barrier in between).
+__device__ __forceinline__ int64_t block_flag_rank(bool flag, unsigned* counts, int64_t* total) {
+  const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const unsigned bits = __ballot_sync(kFullWarp, flag);
+  if (lane == 0) counts[warp] = static_cast<unsigned>(__popc(bits));
+  __syncthreads();
+  int64_t rank = __popc(bits & ((1u << lane) - 1u));
+  int64_t sum = 0;
+  for (unsigned w = 0; w < blockDim.x / 32; ++w) {
+    rank += w < warp ? counts[w] : 0;
+    sum += counts[w];
+  }
+  *total = sum;
+  return rank;
+}
+
 // Sum over a one-dimensional block whose size is a multiple of 32 (at most 1024); every thread
 // gets the same total. All threads must call (it holds barriers). Safe to call repeatedly.
 template <typename T>

@@ -104,8 +104,6 @@ __global__ void __launch_bounds__(kThreads)
   const uint32_t kth = prefix;
   const int64_t ties = remaining;
   // Ordered pack, one tile of kThreads tokens at a time (two barriers per tile, as in sparse.cu).
-  const unsigned lane = tid & 31, warp = tid >> 5;
-  const unsigned below = (1u << lane) - 1u;
   int64_t eq_before = 0, taken_before = 0;
   int64_t* out_order = order + e * capacity;
   int64_t* out_gate = gate_index + e * capacity;
@@ -115,25 +113,10 @@ __global__ void __launch_bounds__(kThreads)
     const uint32_t key = valid ? order_key(logits[t * experts + e]) : 0u;
     const bool gt = valid && key > kth;
     const bool eq = valid && key == kth;
-    const unsigned b_eq = __ballot_sync(detail::kFullWarp, eq);
-    if (lane == 0) warp_eq[warp] = static_cast<unsigned>(__popc(b_eq));
-    __syncthreads();
-    int64_t eq_rank = eq_before + __popc(b_eq & below);
-    int64_t tile_eq = 0;
-    for (int w = 0; w < kWarps; ++w) {
-      eq_rank += w < static_cast<int>(warp) ? warp_eq[w] : 0;
-      tile_eq += warp_eq[w];
-    }
+    int64_t tile_eq = 0, tile_take = 0;
+    const int64_t eq_rank = eq_before + detail::block_flag_rank(eq, warp_eq, &tile_eq);
     const bool take = gt || (eq && eq_rank < ties);
-    const unsigned b_take = __ballot_sync(detail::kFullWarp, take);
-    if (lane == 0) warp_take[warp] = static_cast<unsigned>(__popc(b_take));
-    __syncthreads();
-    int64_t pos = taken_before + __popc(b_take & below);
-    int64_t tile_take = 0;
-    for (int w = 0; w < kWarps; ++w) {
-      pos += w < static_cast<int>(warp) ? warp_take[w] : 0;
-      tile_take += warp_take[w];
-    }
+    const int64_t pos = taken_before + detail::block_flag_rank(take, warp_take, &tile_take);
     if (take) {
       out_order[pos] = t;
       out_gate[pos] = t * experts + e;
@@ -198,22 +181,13 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ unsigned warp_take[kWarps];
   const int32_t e = static_cast<int32_t>(blockIdx.x);
   const int tid = threadIdx.x;
-  const unsigned lane = tid & 31, warp = tid >> 5;
-  const unsigned below = (1u << lane) - 1u;
   int64_t taken_before = offsets[e];
   for (int64_t base = 0; base < n; base += kThreads) {
     const int64_t i = base + tid;
     const bool take = i < n && pick[i] == e;
-    const unsigned b_take = __ballot_sync(detail::kFullWarp, take);
     __syncthreads();  // the previous tile's readers of warp_take are done
-    if (lane == 0) warp_take[warp] = static_cast<unsigned>(__popc(b_take));
-    __syncthreads();
-    int64_t pos = taken_before + __popc(b_take & below);
     int64_t tile_take = 0;
-    for (int w = 0; w < kWarps; ++w) {
-      pos += w < static_cast<int>(warp) ? warp_take[w] : 0;
-      tile_take += warp_take[w];
-    }
+    const int64_t pos = taken_before + detail::block_flag_rank(take, warp_take, &tile_take);
     if (take) {
       const int64_t t = i / k;
       order[pos] = t;

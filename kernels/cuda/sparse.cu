@@ -86,8 +86,6 @@ __global__ void __launch_bounds__(kThreads)
   // Ordered pack, one tile of kThreads entries at a time. warp_eq is read between this tile's
   // first and second barrier and written before the next tile's first; warp_take is read after the
   // second barrier and written after the next tile's first: two barriers per tile suffice.
-  const unsigned lane = tid & 31, warp = tid >> 5;
-  const unsigned below = (1u << lane) - 1u;
   int64_t eq_before = 0, taken_before = 0;
   for (int64_t base = 0; base < n; base += kThreads) {
     const int64_t j = base + tid;
@@ -96,25 +94,10 @@ __global__ void __launch_bounds__(kThreads)
     const uint32_t key = magnitude_key(v);
     const bool gt = valid && k > 0 && key > kth;
     const bool eq = valid && k > 0 && key == kth;
-    const unsigned b_eq = __ballot_sync(detail::kFullWarp, eq);
-    if (lane == 0) warp_eq[warp] = static_cast<unsigned>(__popc(b_eq));
-    __syncthreads();
-    int64_t eq_rank = eq_before + __popc(b_eq & below);
-    int64_t tile_eq = 0;
-    for (int w = 0; w < kWarps; ++w) {
-      eq_rank += w < static_cast<int>(warp) ? warp_eq[w] : 0;
-      tile_eq += warp_eq[w];
-    }
+    int64_t tile_eq = 0, tile_take = 0;
+    const int64_t eq_rank = eq_before + detail::block_flag_rank(eq, warp_eq, &tile_eq);
     const bool take = gt || (eq && eq_rank < ties);
-    const unsigned b_take = __ballot_sync(detail::kFullWarp, take);
-    if (lane == 0) warp_take[warp] = static_cast<unsigned>(__popc(b_take));
-    __syncthreads();
-    int64_t pos = taken_before + __popc(b_take & below);
-    int64_t tile_take = 0;
-    for (int w = 0; w < kWarps; ++w) {
-      pos += w < static_cast<int>(warp) ? warp_take[w] : 0;
-      tile_take += warp_take[w];
-    }
+    const int64_t pos = taken_before + detail::block_flag_rank(take, warp_take, &tile_take);
     if (take) {
       out_idx[pos] = static_cast<int32_t>(j);
       out_val[pos] = v;
