@@ -1,5 +1,7 @@
 #include "engine/strategy.h"
 
+#include <ATen/Parallel.h>
+
 #include "engine/comm/distribute.h"
 #include "engine/creamfl.h"
 #include "engine/lora.h"
@@ -20,18 +22,31 @@ struct TowerRows {
 };
 
 TowerRows tower_rows(const std::vector<Update>& updates, const std::string& group) {
-  TowerRows t;
+  std::vector<const Update*> with;
+  std::vector<torch::Tensor> rows;
   for (const auto& u : updates) {
     const auto it = u.up.dense.find(group);
     if (it == u.up.dense.end()) continue;
-    const auto row = it->second.reshape({-1});
-    if (!torch::isfinite(row).all().item<bool>()) {
-      t.bad.push_back(u.client_id);
+    with.push_back(&u);
+    rows.push_back(it->second.reshape({-1}).contiguous());
+  }
+  // One vectorized pass per row, rows spread over the intra-op threads (on the CPU).
+  std::vector<char> finite(rows.size(), 0);
+  const bool cpu = !rows.empty() && rows[0].is_cpu();
+  at::parallel_for(0, int64_t(rows.size()), cpu ? 1 : int64_t(rows.size()) + 1,
+                   [&](int64_t b, int64_t e) {
+                     for (int64_t i = b; i < e; ++i)
+                       finite[size_t(i)] = fusion::ops::all_finite(rows[size_t(i)]) ? 1 : 0;
+                   });
+  TowerRows t;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    if (!finite[i]) {
+      t.bad.push_back(with[i]->client_id);
       continue;
     }
-    t.rows.push_back(row);
-    t.samples.push_back(double(u.num_samples));
-    t.finite_samples += double(u.num_samples);
+    t.rows.push_back(rows[i]);
+    t.samples.push_back(double(with[i]->num_samples));
+    t.finite_samples += double(with[i]->num_samples);
   }
   return t;
 }
@@ -113,18 +128,21 @@ AggregateReport FedAvg::aggregate(const std::vector<Update>& updates, GlobalMode
     std::vector<float> w;
     for (double n : rows[k].samples)
       w.push_back(float(n / m[2 * k]));
-    if (!multi) {  // the aggregation kernel (fp64 running sums, one rounding to fp32)
-      const auto stacked = torch::stack(rows[k].rows);
-      parts.push_back(fusion::ops::weighted_sum(stacked, torch::tensor(w, stacked.options())));
-      continue;
+    // The aggregation kernel: fp64 running sums over the rows in place (no stacked copy),
+    // rounded once to fp32 on one rank. Over ranks the fp64 sums themselves go through the
+    // all-reduce and are rounded once after it, so the result differs from one rank's only where
+    // the fp64 sums' order changes an fp32 rounding (about 1e-16 relative before rounding).
+    if (!multi) {
+      parts.push_back(fusion::ops::weighted_sum_rows(rows[k].rows, w));
+    } else if (rows[k].rows[0].is_cpu()) {
+      parts.push_back(
+          fusion::ops::weighted_sum_rows(rows[k].rows, w, kernels::Accumulator::kFloat64, true));
+    } else {
+      auto acc = torch::zeros_like(flat, flat.options().dtype(torch::kFloat64));
+      for (size_t i = 0; i < rows[k].rows.size(); ++i)
+        acc.add_(rows[k].rows[i].to(torch::kFloat64), double(w[i]));
+      parts.push_back(acc);
     }
-    // Over ranks: the same fp64 sums, kept in fp64 through the all-reduce and rounded once, so
-    // that the result differs from one rank's only where the fp64 sums' order changes an fp32
-    // rounding (about 1e-16 relative before rounding).
-    auto acc = torch::zeros_like(flat, flat.options().dtype(torch::kFloat64));
-    for (size_t i = 0; i < rows[k].rows.size(); ++i)
-      acc.add_(rows[k].rows[i].to(torch::kFloat64), double(w[i]));
-    parts.push_back(acc);
   }
   AggregateReport rep;
   if (!parts.empty()) {

@@ -84,4 +84,45 @@ FiniteSum weighted_sum_finite(const torch::Tensor& updates_in, const torch::Tens
 #endif
 }
 
+torch::Tensor weighted_sum_rows(const std::vector<torch::Tensor>& rows,
+                                const std::vector<float>& weights, kernels::Accumulator acc,
+                                bool unrounded) {
+  MMFL_CHECK(!rows.empty() && rows.size() == weights.size(), "weighted_sum_rows: ", rows.size(),
+             " rows but ", weights.size(), " weights (need the same count, at least 1)");
+  const auto n = rows[0].numel();
+  for (size_t k = 0; k < rows.size(); ++k) {
+    const auto& r = rows[k];
+    MMFL_CHECK(r.scalar_type() == torch::kFloat32 && r.is_contiguous() && r.numel() == n &&
+                   r.device() == rows[0].device(),
+               "weighted_sum_rows: row ", k, " must be contiguous float32 of ", n, " elements on ",
+               rows[0].device(), ", got ", r.scalar_type(), " ", r.sizes(), " on ", r.device());
+  }
+  if (!rows[0].is_cpu()) {
+    MMFL_CHECK(!unrounded, "weighted_sum_rows: unrounded fp64 sums are computed on the CPU only");
+    const auto stacked = torch::stack(rows);
+    return weighted_sum(stacked, torch::tensor(weights, stacked.options()), acc);
+  }
+  std::vector<const float*> ptrs;
+  for (const auto& r : rows)
+    ptrs.push_back(r.data_ptr<float>());
+  const auto k = int64_t(rows.size());
+  if (unrounded) {
+    auto out = torch::empty({n}, rows[0].options().dtype(torch::kFloat64));
+    kernels::cpu::weighted_sum_rows_f64(ptrs.data(), weights.data(), k, n, out.data_ptr<double>(),
+                                        cpu_context());
+    return out;
+  }
+  auto out = torch::empty({n}, rows[0].options());
+  kernels::cpu::weighted_sum_rows(ptrs.data(), weights.data(), k, n, out.data_ptr<float>(), acc,
+                                  cpu_context());
+  return out;
+}
+
+bool all_finite(const torch::Tensor& t) {
+  MMFL_CHECK(t.scalar_type() == torch::kFloat32, "all_finite: need float32, got ", t.scalar_type());
+  if (!t.is_cpu()) return torch::isfinite(t).all().item<bool>();
+  const auto c = t.contiguous();
+  return kernels::cpu::all_finite(c.data_ptr<float>(), c.numel());
+}
+
 }  // namespace mmfl::fusion::ops

@@ -4,6 +4,8 @@
 
 #include <torch/types.h>
 
+#include <vector>
+
 #include "mmfl/kernels/aggregate.h"
 
 namespace mmfl::fusion::ops {
@@ -23,5 +25,18 @@ struct FiniteSum {
 // total. When every client is skipped, `out` is zeros and skipped == K.
 FiniteSum weighted_sum_finite(const torch::Tensor& updates, const torch::Tensor& weights,
                               kernels::Accumulator acc = kernels::Accumulator::kFloat64);
+
+// As weighted_sum over rows held apart (each [n] fp32, contiguous, on one device), without
+// stacking them: on the CPU the kernel reads each row in place (the same bits as weighted_sum on
+// the stacked rows); on CUDA they are stacked first. weights: [K] fp32 on the CPU.
+// With `unrounded`, the fp64 running sums are returned as [n] fp64 (partial sums that a later
+// reduction rounds once); CPU only.
+torch::Tensor weighted_sum_rows(const std::vector<torch::Tensor>& rows,
+                                const std::vector<float>& weights,
+                                kernels::Accumulator acc = kernels::Accumulator::kFloat64,
+                                bool unrounded = false);
+
+// True when every element of `t` (fp32) is finite: one vectorized pass on the CPU.
+bool all_finite(const torch::Tensor& t);
 
 }  // namespace mmfl::fusion::ops

@@ -315,5 +315,65 @@ TEST(CpuFastAggregate, ThreadCountInvariantAndMatchesReference) {
   }
 }
 
+TEST(CpuFastAggregate, RowsInPlaceGiveTheStackedBits) {
+  const uint64_t seed = test_seed();
+  SCOPED_TRACE(seed_trace(seed));
+  std::mt19937_64 rng(seed);
+  const int64_t clients = 6, n = 2 * 65536 + 77;  // two full chunks and a ragged one
+  const auto updates = random_normal(rng, clients * n, 1.0f);
+  const auto weights = random_normal(rng, clients, 0.3f);
+  // The same rows copied apart, in reverse memory order, each at an odd float offset.
+  std::vector<std::vector<float>> apart(clients);
+  std::vector<const float*> rows(clients);
+  for (int64_t k = clients - 1; k >= 0; --k) {
+    apart[k].assign(size_t(n + 3), 0.0f);
+    std::copy(updates.begin() + k * n, updates.begin() + (k + 1) * n, apart[k].begin() + 3);
+    rows[k] = apart[k].data() + 3;
+  }
+  for (auto acc : {k::Accumulator::kFloat32, k::Accumulator::kFloat64}) {
+    SCOPED_TRACE(acc == k::Accumulator::kFloat32 ? "fp32" : "fp64");
+    std::vector<float> stacked(n, kNaN), in_place(n, kNaN);
+    k::cpu::weighted_sum(updates.data(), weights.data(), clients, n, stacked.data(), acc,
+                         thread_context(2));
+    k::cpu::weighted_sum_rows(rows.data(), weights.data(), clients, n, in_place.data(), acc,
+                              thread_context(3));
+    EXPECT_TRUE(same_bits(in_place, stacked, "rows in place"));
+    if (acc != k::Accumulator::kFloat64) continue;
+    // The unrounded fp64 sums round to the same fp32 bits, and equal an fp64 loop in the same
+    // order (four clients per pass are rounded as four single additions).
+    std::vector<double> sums(n, -1.0);
+    k::cpu::weighted_sum_rows_f64(rows.data(), weights.data(), clients, n, sums.data(),
+                                  thread_context(1));
+    std::vector<float> rounded(n);
+    int64_t loop_mismatch = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      rounded[j] = float(sums[j]);
+      double loop = 0;
+      for (int64_t c = 0; c < clients; ++c)
+        loop += double(weights[c]) * double(rows[c][j]);
+      loop_mismatch += std::abs(loop - sums[j]) > 1e-12 * (1 + std::abs(loop));
+    }
+    EXPECT_TRUE(same_bits(rounded, stacked, "fp64 sums rounded"));
+    EXPECT_EQ(loop_mismatch, 0);
+  }
+}
+
+TEST(CpuFastAggregate, AllFiniteSeesEveryPosition) {
+  std::vector<float> x(67, 1.5f);
+  EXPECT_TRUE(k::cpu::all_finite(x.data(), int64_t(x.size())));
+  EXPECT_TRUE(k::cpu::all_finite(nullptr, 0));
+  for (float bad :
+       {kNaN, std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()}) {
+    for (size_t at : {size_t(0), size_t(15), size_t(16), size_t(63), size_t(66)}) {
+      auto y = x;
+      y[at] = bad;
+      EXPECT_FALSE(k::cpu::all_finite(y.data(), int64_t(y.size()))) << "at " << at;
+    }
+  }
+  x[5] = std::numeric_limits<float>::max();
+  x[6] = std::numeric_limits<float>::denorm_min();
+  EXPECT_TRUE(k::cpu::all_finite(x.data(), int64_t(x.size())));
+}
+
 }  // namespace
 }  // namespace mmfl::test

@@ -61,6 +61,24 @@ int64_t weighted_sum_finite(const float* updates,  // [num_clients, n] row-major
                             uint8_t* bad,  // [num_clients]
                             Accumulator acc, const Context& ctx = {});
 
+// As weighted_sum, with client k's update at rows[k] ([n] each, anywhere in memory), so that
+// updates held apart need no stacked copy. The same bits as weighted_sum on the stacked rows.
+void weighted_sum_rows(const float* const* rows,  // [num_clients] pointers to [n]
+                       const float* weights,      // [num_clients]
+                       int64_t num_clients, int64_t n,
+                       float* out,  // [n]
+                       Accumulator acc, const Context& ctx = {});
+
+// The fp64 running sums of weighted_sum_rows (kFloat64) before their rounding to fp32: partial
+// sums to be reduced further (across MPI ranks) and rounded once at the end.
+void weighted_sum_rows_f64(const float* const* rows, const float* weights, int64_t num_clients,
+                           int64_t n,
+                           double* out,  // [n]
+                           const Context& ctx = {});
+
+// True when all n values are finite (one vectorized pass).
+bool all_finite(const float* x, int64_t n);
+
 }  // namespace cpu
 
 namespace cuda {
