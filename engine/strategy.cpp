@@ -2,6 +2,8 @@
 
 #include <ATen/Parallel.h>
 
+#include <chrono>
+
 #include "engine/comm/distribute.h"
 #include "engine/creamfl.h"
 #include "engine/lora.h"
@@ -190,12 +192,19 @@ RoundStats FedAvgStrategy::run_round(const std::vector<const ClientSpec*>& cohor
         return double(c.indices.size()) * ((holds_image(c.kind) ? image_params : 0.0) +
                                            (holds_text(c.kind) ? text_params : 0.0));
       });
+  const auto t0 = std::chrono::steady_clock::now();
   const auto updates = executor_->train(mine, task, round);
+  const auto t1 = std::chrono::steady_clock::now();
   const auto rep = FedAvg::aggregate(updates, global_, &world);
+  const auto t2 = std::chrono::steady_clock::now();
   RoundStats s = round_stats(comm::gather_records(world, updates));
   s.skipped.insert(s.skipped.end(), rep.skipped.begin(), rep.skipped.end());  // run.cpp dedups
   s.extra["image_clients"] = rep.image_clients;
   s.extra["text_clients"] = rep.text_clients;
+  // Where the round's time went on this rank: local training, and the aggregation (with the
+  // all-reduce under mpirun).
+  s.extra["train_s"] = std::chrono::duration<double>(t1 - t0).count();
+  s.extra["aggregate_s"] = std::chrono::duration<double>(t2 - t1).count();
   return s;
 }
 

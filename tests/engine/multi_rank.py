@@ -22,7 +22,7 @@ DATA = os.environ.get("MMFL_DATA_ROOT", "/usr/share/datasets/fashion-mnist")
 ENV = dict(os.environ, OMP_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1",
            OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_rmaps_base_oversubscribe="1")
 # Wall-clock and communication volume depend on the rank count by nature; nothing else may.
-VARYING = {"wall_s", "clients_per_s", "ranks", "comm_bytes"}
+VARYING = {"wall_s", "clients_per_s", "train_s", "aggregate_s", "ranks", "comm_bytes"}
 
 FEDAVG = """
 name: mr-fedavg

@@ -51,6 +51,8 @@ class RunFixture : public ::testing::Test {
       auto j = nlohmann::json::parse(line);
       j.erase("wall_s");
       j.erase("clients_per_s");
+      j.erase("train_s");
+      j.erase("aggregate_s");
       out.push_back(j);
     }
     return out;
