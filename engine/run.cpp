@@ -427,8 +427,16 @@ class Experiment {
     sum.rounds_done = round;
     sum.finished = round >= cfg_.rounds;
     sum.wall_s = std::chrono::duration<double>(Clock::now() - t_start).count();
+    // The model's description, with counts of what the ranks hold apart (each rank keeps the
+    // state of the clients it owns) summed over the ranks: every rank takes part.
+    auto model = strategy->describe();
+    if (comm::world().size() > 1 && model.contains("clients_with_state")) {
+      auto n = torch::tensor({model["clients_with_state"].get<double>()}, torch::kFloat64);
+      comm::world().all_reduce_sum(n);
+      model["clients_with_state"] = int64_t(n.item<double>());
+    }
     if (lead()) {
-      write_report(sum, device, *strategy);
+      write_report(sum, device, *strategy, model);
       provenance->finish(sum.rounds_done, sum.finished);
     }
     return sum;
@@ -664,8 +672,8 @@ class Experiment {
     write_file_atomic(path.string(), kept);
   }
 
-  void write_report(const RunSummary& s, const torch::Device& device,
-                    const Strategy& strategy) const {
+  void write_report(const RunSummary& s, const torch::Device& device, const Strategy& strategy,
+                    const nlohmann::json& model) const {
     nlohmann::json r;
     r["name"] = cfg_.name;
     r["run_dir"] = s.run_dir;
@@ -677,7 +685,7 @@ class Experiment {
     r["finished"] = s.finished;
     r["wall_s_this_session"] = s.wall_s;
     r["strategy"] = strategy.name();
-    r["model"] = strategy.describe();
+    r["model"] = model;
     const auto& e = s.last_eval;
     r["final"] = {{"image_acc", e.image_acc}, {"text_acc", e.text_acc}, {"i2t_r1", e.i2t[0]},
                   {"i2t_r5", e.i2t[1]},       {"i2t_r10", e.i2t[2]},    {"t2i_r1", e.t2i[0]},

@@ -163,10 +163,17 @@ def same_at_1_2_3(tmp, text, extra=()):
         rep = json.load(f)
     if rep.get("ranks") != 3 or rep.get("comm_backend") != "mpi":
         fail(f"3-rank report.json says ranks {rep.get('ranks')}, backend {rep.get('comm_backend')}")
+    # Client state lives on the rank that owns the client; the report counts every rank's.
+    with open(os.path.join(outs[0], "report.json")) as f:
+        one = json.load(f)
+    if rep["model"].get("clients_with_state") != one["model"].get("clients_with_state"):
+        fail(f"report.json clients_with_state: 3 ranks {rep['model'].get('clients_with_state')}, "
+             f"one rank {one['model'].get('clients_with_state')}")
     m = metrics(outs[3])[0]
     if m.get("ranks") != 3 or m.get("comm_bytes", 0) <= 0:
         fail(f"3-rank metrics lack ranks/comm_bytes: {m}")
-    print(f"metrics equal at 1, 2, 3 ranks; 3 ranks moved {m['comm_bytes']} bytes in round 1")
+    print(f"metrics equal at 1, 2, 3 ranks; 3 ranks moved {m['comm_bytes']} bytes in round 1; "
+          f"clients with state {rep['model'].get('clients_with_state')}")
 
 
 def main():
