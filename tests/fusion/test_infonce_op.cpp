@@ -28,10 +28,16 @@ void compare(int64_t n, int64_t d, double tau_value) {
       << fused.item<float>() << " vs " << ref.item<float>();
   (fused * 1.5).backward();
   (ref * 1.5).backward();
-  EXPECT_TRUE(torch::allclose(i1.grad(), i2.grad(), rtol, atol))
-      << "grad img, n " << n << " d " << d;
-  EXPECT_TRUE(torch::allclose(t1.grad(), t2.grad(), rtol, atol))
-      << "grad txt, n " << n << " d " << d;
+  // A gradient entry sums n terms of the size of the largest entries (1 / tau amplifies them:
+  // up to 6 at tau 0.01), so its fp32 rounding scales with that size, not with the entry itself.
+  auto grad_close = [&](const torch::Tensor& got, const torch::Tensor& want, const char* what) {
+    const double scale = std::max(1.0, want.abs().max().item<double>());
+    EXPECT_TRUE(torch::allclose(got, want, rtol, atol * scale))
+        << what << ", n " << n << " d " << d << ": max diff "
+        << (got - want).abs().max().item<double>() << ", largest |grad| " << scale;
+  };
+  grad_close(i1.grad(), i2.grad(), "grad img");
+  grad_close(t1.grad(), t2.grad(), "grad txt");
   EXPECT_TRUE(torch::allclose(tau1.grad(), tau2.grad(), 1e-3, 1e-4))
       << tau1.grad().item<float>() << " vs " << tau2.grad().item<float>();
 }
