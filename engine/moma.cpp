@@ -9,6 +9,7 @@
 #include <set>
 
 #include "engine/comm/communicator.h"
+#include "engine/comm/distribute.h"
 #include "engine/npy.h"
 #include "fusion/contrastive.h"
 #include "mmfl/error.h"
@@ -93,23 +94,30 @@ std::unique_ptr<MomaNet> make_moma_net(const Config& cfg, const FederatedData& d
 }
 
 MomaAggregateReport aggregate_moma(const std::vector<Update>& updates,
-                                   std::map<std::string, torch::Tensor>& global) {
+                                   std::map<std::string, torch::Tensor>& global,
+                                   comm::Communicator* c) {
   MomaAggregateReport rep;
   std::set<int64_t> skipped;
+  // Every group's weighted fp64 sum over this rank's updates and its total weight: summed over
+  // the ranks in one all-reduce (the groups and the weights side by side), then each group is
+  // the sum over its total, rounded once.
+  std::vector<torch::Tensor> sums;
+  std::vector<double> totals;
   for (auto& [name, value] : global) {
     const bool expert = is_expert_group(name);
-    torch::Tensor sum;
+    torch::Tensor sum = torch::zeros({value.numel()}, value.options().dtype(torch::kFloat64));
     double total = 0;
+    bool any = false;
     for (const auto& u : updates) {
       if (u.diverged) continue;
       const auto it = u.up.dense.find(name);
       if (it == u.up.dense.end()) continue;
       double w = double(u.num_samples);
       if (expert) {
-        const auto c = u.up.dense.find(name + kTokensSuffix);
-        MMFL_CHECK(c != u.up.dense.end(), "client ", u.client_id, " sent expert '", name,
+        const auto cnt = u.up.dense.find(name + kTokensSuffix);
+        MMFL_CHECK(cnt != u.up.dense.end(), "client ", u.client_id, " sent expert '", name,
                    "' without its token count '", name, kTokensSuffix, "'");
-        w = c->second.to(torch::kFloat64).sum().item<double>();
+        w = cnt->second.to(torch::kFloat64).sum().item<double>();
       }
       if (w <= 0) continue;
       const auto x = it->second.reshape({-1}).to(torch::kFloat64);
@@ -119,13 +127,37 @@ MomaAggregateReport aggregate_moma(const std::vector<Update>& updates,
         skipped.insert(u.client_id);
         continue;
       }
-      sum = sum.defined() ? sum + w * x : w * x;
+      // The first term is w x itself (0 + w x is exact), as a one-rank sum would start.
+      sum = any ? sum + w * x : w * x;
+      any = true;
       total += w;
     }
-    if (total > 0) value = (sum / total).to(value.dtype());
-    if (expert) ++(total > 0 ? rep.experts_updated : rep.experts_untouched);
+    sums.push_back(sum);
+    totals.push_back(total);
+  }
+  if (c != nullptr && c->size() > 1) {
+    sums.push_back(torch::tensor(totals, torch::kFloat64)
+                       .to(sums.empty() ? torch::Device(torch::kCPU) : sums[0].device()));
+    auto all = torch::cat(sums);
+    c->all_reduce_sum(all);
+    int64_t off = 0;
+    for (size_t g = 0; g + 1 < sums.size(); ++g) {
+      sums[g] = all.narrow(0, off, sums[g].numel());
+      off += sums[g].numel();
+    }
+    const auto t = all.narrow(0, off, int64_t(totals.size())).cpu();
+    for (size_t g = 0; g < totals.size(); ++g)
+      totals[g] = t[int64_t(g)].item<double>();
+  }
+  size_t g = 0;
+  for (auto& [name, value] : global) {
+    const double total = totals[g];
+    if (total > 0) value = (sums[g] / total).to(value.dtype()).view(value.sizes());
+    if (is_expert_group(name)) ++(total > 0 ? rep.experts_updated : rep.experts_untouched);
+    ++g;
   }
   rep.skipped.assign(skipped.begin(), skipped.end());
+  if (c != nullptr) rep.skipped = comm::gather_ids(*c, rep.skipped);
   return rep;
 }
 
@@ -214,16 +246,29 @@ namespace {
 
 // Per expert group of the model ("image", "text" or "shared"): tokens per expert summed over
 // layers, and the balance statistics per layer averaged over layers.
-void load_metrics(const MomaNet& net, const std::vector<Update>& updates, int64_t layers,
-                  nlohmann::json& extra) {
-  const auto& moe = net.core->moe(0);
-  const int64_t E = moe.experts();
+// Tokens per expert (layers x experts, the groups' order) over `updates`; summed over the ranks
+// when c has several.
+std::vector<int64_t> expert_tokens(const MomaNet& net, const std::vector<Update>& updates,
+                                   int64_t layers, comm::Communicator* c) {
+  const int64_t E = net.core->moe(0).experts();
   std::vector<int64_t> tokens(size_t(layers * E), 0);
   for (const auto& u : updates)
     for (size_t k = 3; k < net.groups.size(); ++k) {
       const auto it = u.up.dense.find(net.groups[k].name + kTokensSuffix);
       if (it != u.up.dense.end()) tokens[k - 3] += it->second.sum().item<int64_t>();
     }
+  if (c != nullptr && c->size() > 1) {
+    auto t = torch::tensor(tokens, torch::kInt64);
+    c->all_reduce_sum(t);
+    std::copy_n(t.data_ptr<int64_t>(), tokens.size(), tokens.begin());
+  }
+  return tokens;
+}
+
+void load_metrics(const MomaNet& net, const std::vector<int64_t>& tokens, int64_t layers,
+                  nlohmann::json& extra) {
+  const auto& moe = net.core->moe(0);
+  const int64_t E = moe.experts();
   for (size_t g = 0; g < moe.group_names().size(); ++g) {
     const auto& name = moe.group_names()[g];
     const int64_t n = moe.group_experts(g), b = moe.group_begin(g);
@@ -263,7 +308,11 @@ RoundStats MomaStrategy::run_round(const std::vector<const ClientSpec*>& cohort,
   std::map<int64_t, std::vector<std::vector<fusion::MoeGroupTrace>>> traces;
   for (const auto* c : mine)
     updates.push_back(train_client(*c, round, dump ? &traces[c->id] : nullptr));
-  updates = comm::gather_updates(world, std::move(updates), data_.pool.images.device());
+  // The dump round writes every client's counts and the traces of rank 0's clients: it gathers
+  // the updates (every rank then aggregates all of them alike). Other rounds reduce per-group
+  // partial sums and weights in one all-reduce (aggregate_moma).
+  if (dump) updates = comm::gather_updates(world, std::move(updates), data_.pool.images.device());
+  comm::Communicator* reduce = dump ? nullptr : &world;
   if (dump && world.rank() == 0) {
     // Rank 0 writes the run directory: every client's counts, the routing traces of the
     // clients it trained (all of them in a one-rank run).
@@ -309,16 +358,17 @@ RoundStats MomaStrategy::run_round(const std::vector<const ClientSpec*>& cohort,
     std::ofstream((dir / "layout.json").string()) << j.dump(2) << "\n";
   }
   auto flat = global_->get_all();
-  const auto rep = aggregate_moma(updates, flat);
+  const auto rep = aggregate_moma(updates, flat, reduce);
   for (const auto& [name, v] : flat)
     global_->set(name, v);
-  RoundStats s = round_stats(updates);
+  RoundStats s = dump ? round_stats(updates) : round_stats(comm::gather_records(world, updates));
   for (auto id : rep.skipped)
     if (std::find(s.skipped.begin(), s.skipped.end(), id) == s.skipped.end())
       s.skipped.push_back(id);
   s.extra["moe_experts_updated"] = rep.experts_updated;
   s.extra["moe_experts_untouched"] = rep.experts_untouched;
-  load_metrics(*global_, updates, cfg_.moe.layers, s.extra);
+  load_metrics(*global_, expert_tokens(*global_, updates, cfg_.moe.layers, reduce), cfg_.moe.layers,
+               s.extra);
   return s;
 }
 

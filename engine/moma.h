@@ -49,8 +49,12 @@ struct MomaAggregateReport {
 // The server step on flat groups (name -> [n] fp32): each group of `global` becomes the mean of
 // the updates that carry it, weighted by the tokens each client routed to it (experts) or by its
 // samples (every other group), accumulated in fp64; a group no update carries is unchanged.
+// With a communicator of several ranks, `updates` are this rank's: the per-group fp64 sums and
+// weights are summed over the ranks in one all-reduce (every rank then holds the same result),
+// and the skipped ids are gathered.
 MomaAggregateReport aggregate_moma(const std::vector<Update>& updates,
-                                   std::map<std::string, torch::Tensor>& global);
+                                   std::map<std::string, torch::Tensor>& global,
+                                   comm::Communicator* c = nullptr);
 
 class MomaStrategy : public Strategy {
  public:
