@@ -408,7 +408,6 @@ nlohmann::json CreamFlStrategy::describe() const {
   for (int k = 0; k < 3; ++k)
     j[std::string("client_") + kinds[k] + "_params"] = client_params_[size_t(k)];
   j["executor"] = executor_->name();
-  j["clients_with_state"] = states_.size();
   return j;
 }
 

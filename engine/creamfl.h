@@ -33,6 +33,7 @@ class CreamFlStrategy : public Strategy {
   void save(Checkpoint& ck) const override;
   void load(const Checkpoint& ck) override;
   nlohmann::json describe() const override;
+  std::optional<int64_t> clients_with_state() const override { return states_.size(); }
 
   // The server's distillation step on the ensembles (undefined = no client held that modality:
   // the term is skipped). Returns the mean loss; public for tests.

@@ -693,8 +693,7 @@ nlohmann::json LoraStrategy::describe() const {
           {"adapted_layers", enc.adapted_names()},
           {"rule", to_string(cfg_.lora_fed.rule)},
           {"executor", executor_->name()},
-          {"cohort_pass", bool(cohort_)},
-          {"clients_with_state", states_.size()}};
+          {"cohort_pass", bool(cohort_)}};
 }
 
 }  // namespace mmfl::engine

@@ -66,6 +66,7 @@ class LoraStrategy : public Strategy {
   void save(Checkpoint& ck) const override;
   void load(const Checkpoint& ck) override;
   nlohmann::json describe() const override;
+  std::optional<int64_t> clients_with_state() const override { return states_.size(); }
 
   const LoraLayout& layout() const { return layout_; }
   GlobalModel& global() { return global_; }

@@ -152,7 +152,7 @@ MomaAggregateReport aggregate_moma(const std::vector<Update>& updates,
   size_t g = 0;
   for (auto& [name, value] : global) {
     const double total = totals[g];
-    if (total > 0) value = (sums[g] / total).to(value.dtype()).view(value.sizes());
+    if (total > 0) value = (sums[g] / total).to(value.dtype());
     if (is_expert_group(name)) ++(total > 0 ? rep.experts_updated : rep.experts_untouched);
     ++g;
   }

@@ -427,13 +427,13 @@ class Experiment {
     sum.rounds_done = round;
     sum.finished = round >= cfg_.rounds;
     sum.wall_s = std::chrono::duration<double>(Clock::now() - t_start).count();
-    // The model's description, with counts of what the ranks hold apart (each rank keeps the
-    // state of the clients it owns) summed over the ranks: every rank takes part.
+    // The model's description and the clients with state over all ranks (every rank takes part
+    // in the sum: each keeps the clients it owns).
     auto model = strategy->describe();
-    if (comm::world().size() > 1 && model.contains("clients_with_state")) {
-      auto n = torch::tensor({model["clients_with_state"].get<double>()}, torch::kFloat64);
-      comm::world().all_reduce_sum(n);
-      model["clients_with_state"] = int64_t(n.item<double>());
+    if (const auto mine = strategy->clients_with_state()) {
+      auto n = torch::tensor({*mine}, torch::kInt64);
+      if (comm::world().size() > 1) comm::world().all_reduce_sum(n);
+      model["clients_with_state"] = n.item<int64_t>();
     }
     if (lead()) {
       write_report(sum, device, *strategy, model);

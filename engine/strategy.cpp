@@ -32,14 +32,16 @@ TowerRows tower_rows(const std::vector<Update>& updates, const std::string& grou
     with.push_back(&u);
     rows.push_back(it->second.reshape({-1}).contiguous());
   }
-  // One vectorized pass per row, rows spread over the intra-op threads (on the CPU).
+  // One vectorized pass per row; on the CPU the rows spread over the intra-op threads.
   std::vector<char> finite(rows.size(), 0);
-  const bool cpu = !rows.empty() && rows[0].is_cpu();
-  at::parallel_for(0, int64_t(rows.size()), cpu ? 1 : int64_t(rows.size()) + 1,
-                   [&](int64_t b, int64_t e) {
-                     for (int64_t i = b; i < e; ++i)
-                       finite[size_t(i)] = fusion::ops::all_finite(rows[size_t(i)]) ? 1 : 0;
-                   });
+  auto check = [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i)
+      finite[size_t(i)] = fusion::ops::all_finite(rows[size_t(i)]) ? 1 : 0;
+  };
+  if (!rows.empty() && rows[0].is_cpu())
+    at::parallel_for(0, int64_t(rows.size()), 1, check);
+  else
+    check(0, int64_t(rows.size()));
   TowerRows t;
   for (size_t i = 0; i < rows.size(); ++i) {
     if (!finite[i]) {
@@ -120,11 +122,12 @@ AggregateReport FedAvg::aggregate(const std::vector<Update>& updates, GlobalMode
   std::vector<torch::Tensor> parts;
   int64_t numel[2] = {0, 0};
   for (int k = 0; k < 2; ++k) {
-    const auto flat = towers[k]->flat();
-    numel[k] = flat.numel();
+    numel[k] = towers[k]->num_params();
+    const auto f64 =
+        torch::TensorOptions(torch::kFloat64).device(towers[k]->parameters().front().device());
     if (m[2 * k + 1] == 0) continue;  // no finite row anywhere: the tower is kept
     if (rows[k].rows.empty()) {
-      parts.push_back(torch::zeros_like(flat, flat.options().dtype(torch::kFloat64)));
+      parts.push_back(torch::zeros({numel[k]}, f64));
       continue;
     }
     std::vector<float> w;
@@ -140,7 +143,7 @@ AggregateReport FedAvg::aggregate(const std::vector<Update>& updates, GlobalMode
       parts.push_back(
           fusion::ops::weighted_sum_rows(rows[k].rows, w, kernels::Accumulator::kFloat64, true));
     } else {
-      auto acc = torch::zeros_like(flat, flat.options().dtype(torch::kFloat64));
+      auto acc = torch::zeros({numel[k]}, f64);
       for (size_t i = 0; i < rows[k].rows.size(); ++i)
         acc.add_(rows[k].rows[i].to(torch::kFloat64), double(w[i]));
       parts.push_back(acc);

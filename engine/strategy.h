@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,9 @@ class Strategy {
   virtual void save(Checkpoint& ck) const = 0;
   virtual void load(const Checkpoint& ck) = 0;
   virtual nlohmann::json describe() const = 0;  // model sizes etc. for report.json
+  // Clients whose state this rank keeps (each rank keeps the clients it owns); none for a
+  // stateless strategy. report.json shows the sum over the ranks.
+  virtual std::optional<int64_t> clients_with_state() const { return std::nullopt; }
 };
 
 // Builds the strategy `cfg.strategy` names; models are created on the data's device.

@@ -13,8 +13,13 @@
 #include <functional>
 #include <vector>
 
-#if defined(__x86_64__) && defined(__GNUC__)
+// The AVX-512 candidate scan is built where the other hot loops get their AVX-512 clones (GCC on
+// x86-64, no sanitizer) and runs where the dispatcher picked AVX-512 (isa_name()).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(MMFL_CPU_NO_CLONES)
+#define MMFL_TOPK_AVX512 1
 #include <immintrin.h>
+#else
+#define MMFL_TOPK_AVX512 0
 #endif
 
 #include "../common/sparse_checks.h"
@@ -65,7 +70,7 @@ int64_t collect_scalar(const float* row, int64_t b, int64_t end, uint32_t t, int
   return m;
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(MMFL_CPU_NO_CLONES)
+#if MMFL_TOPK_AVX512
 // The same with AVX-512: 16 keys compared at once, the hits' indices written contiguously by a
 // compress store (a few instructions per 16 entries instead of 16 dependent appends).
 __attribute__((target("arch=x86-64-v4"))) int64_t collect_avx512(const float* row, int64_t b,
@@ -88,13 +93,6 @@ __attribute__((target("arch=x86-64-v4"))) int64_t collect_avx512(const float* ro
   return collect_scalar(row, j, end, t, cand, m);
 }
 
-bool have_avx512() {
-  static const bool yes = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("x86-64-v4") != 0;
-  }();
-  return yes;
-}
 #endif
 
 // Appends to cand the index of every entry whose key is >= t, in ascending order, and copies the
@@ -104,15 +102,11 @@ bool have_avx512() {
 int64_t copy_and_collect(const float* row, float* res, int64_t n, uint32_t t, int32_t* cand) {
   constexpr int64_t kBlock = 2048;  // 8 KiB: stays in L1 between the copy and the scan
   int64_t m = 0;
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(MMFL_CPU_NO_CLONES)
-  const bool wide = have_avx512();
-#else
-  const bool wide = false;
-#endif
+  static const bool wide = MMFL_TOPK_AVX512 && std::strcmp(isa_name(), "avx512") == 0;
   for (int64_t b = 0; b < n; b += kBlock) {
     const int64_t end = std::min(n, b + kBlock);
     if (res != nullptr) std::memcpy(res + b, row + b, static_cast<size_t>(end - b) * sizeof(float));
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(MMFL_CPU_NO_CLONES)
+#if MMFL_TOPK_AVX512
     if (wide) {
       m = collect_avx512(row, b, end, t, cand, m);
       continue;
@@ -120,7 +114,6 @@ int64_t copy_and_collect(const float* row, float* res, int64_t n, uint32_t t, in
 #endif
     m = collect_scalar(row, b, end, t, cand, m);
   }
-  (void)wide;
   return m;
 }
 
