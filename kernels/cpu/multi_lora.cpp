@@ -59,14 +59,14 @@ void multi_lora_forward(const float* x, const float* a, const float* b, const in
     const float* bc = b + rb.client * s.out * s.rank;
     float* hb = h + rb.begin * s.rank;
     // h = x A_c^T
-    sgemm(Transpose::kNo, Transpose::kYes, rb.size, s.rank, s.in, x + rb.begin * s.in, s.in, ac,
-          s.in, 0.0f, hb, s.rank);
+    gemm(ctx, Transpose::kNo, Transpose::kYes, rb.size, s.rank, s.in, x + rb.begin * s.in, s.in, ac,
+         s.in, 0.0f, hb, s.rank);
     // y += (s h) B_c^T: the scale goes on the small operand (rows x rank)
     thread_local std::vector<float> hs;
     hs.assign(hb, hb + rb.size * s.rank);
     scale_in_place(hs.data(), rb.size * s.rank, scale);
-    sgemm(Transpose::kNo, Transpose::kYes, rb.size, s.out, s.rank, hs.data(), s.rank, bc, s.rank,
-          1.0f, y + rb.begin * s.out, s.out);
+    gemm(ctx, Transpose::kNo, Transpose::kYes, rb.size, s.out, s.rank, hs.data(), s.rank, bc,
+         s.rank, 1.0f, y + rb.begin * s.out, s.out);
   });
 }
 
@@ -85,12 +85,12 @@ void multi_lora_backward(const float* x, const float* a, const float* b, const i
     const float* ac = a + rb.client * s.rank * s.in;
     const float* bc = b + rb.client * s.out * s.rank;
     float* gblk = g + rb.begin * s.rank;
-    sgemm(Transpose::kNo, Transpose::kNo, rb.size, s.rank, s.out, gy + rb.begin * s.out, s.out, bc,
-          s.rank, 0.0f, gblk, s.rank);
+    gemm(ctx, Transpose::kNo, Transpose::kNo, rb.size, s.rank, s.out, gy + rb.begin * s.out, s.out,
+         bc, s.rank, 0.0f, gblk, s.rank);
     scale_in_place(gblk, rb.size * s.rank, scale);
     if (gx != nullptr)
-      sgemm(Transpose::kNo, Transpose::kNo, rb.size, s.in, s.rank, gblk, s.rank, ac, s.in, 1.0f,
-            gx + rb.begin * s.in, s.in);
+      gemm(ctx, Transpose::kNo, Transpose::kNo, rb.size, s.in, s.rank, gblk, s.rank, ac, s.in, 1.0f,
+           gx + rb.begin * s.in, s.in);
   });
   // Weight gradients per (client, column block): ga[c][:, cols] = g_c^T x_c[:, cols] and
   // gb[c][rows of out, :] = s gy_c[:, those]^T h_c, summed over the client's rows in order.
@@ -103,13 +103,13 @@ void multi_lora_backward(const float* x, const float* a, const float* b, const i
       const int64_t j0 = blk * kCols, w = std::min(kCols, s.in - j0);
       float* dst = ga + c * s.rank * s.in + j0;
       // k = n rows; n == 0 writes zeros (beta 0)
-      sgemm(Transpose::kYes, Transpose::kNo, s.rank, w, n, g + r0 * s.rank, s.rank,
-            x + r0 * s.in + j0, s.in, 0.0f, dst, s.in);
+      gemm(ctx, Transpose::kYes, Transpose::kNo, s.rank, w, n, g + r0 * s.rank, s.rank,
+           x + r0 * s.in + j0, s.in, 0.0f, dst, s.in);
     } else {
       const int64_t o0 = (blk - a_blocks) * kCols, w = std::min(kCols, s.out - o0);
       float* dst = gb + c * s.out * s.rank + o0 * s.rank;
-      sgemm(Transpose::kYes, Transpose::kNo, w, s.rank, n, gy + r0 * s.out + o0, s.out,
-            h + r0 * s.rank, s.rank, 0.0f, dst, s.rank);
+      gemm(ctx, Transpose::kYes, Transpose::kNo, w, s.rank, n, gy + r0 * s.out + o0, s.out,
+           h + r0 * s.rank, s.rank, 0.0f, dst, s.rank);
       scale_in_place(dst, w * s.rank, scale);
     }
   });

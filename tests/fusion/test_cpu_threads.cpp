@@ -1,5 +1,6 @@
 // The adapters on CPU tensors run the fast kernels on LibTorch's intra-op threads: the results
-// must be the same bits whatever torch::set_num_threads says, and the pool must really be used.
+// must be the same bits whatever torch::set_num_threads says (the library GEMM that the MoE and
+// multi-adapter LoRA ops run on tiles included), and the pool must really be used.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -11,6 +12,8 @@
 #include "fusion/ops/bank_ce.h"
 #include "fusion/ops/cpu_context.h"
 #include "fusion/ops/infonce.h"
+#include "fusion/ops/moe.h"
+#include "fusion/ops/multi_lora.h"
 
 namespace mmfl::fusion {
 namespace {
@@ -59,6 +62,90 @@ TEST(CpuThreads, SameBitsForOneTwoThreeThreads) {
     for (size_t k = 0; k < one.size(); ++k)
       EXPECT_TRUE(torch::equal(other[k], one[k]))
           << "output " << k << ", " << threads << " threads";
+  }
+}
+
+// The MoE expert FFN (expert choice) and the multi-adapter LoRA layer, forward and every gradient.
+std::vector<torch::Tensor> run_tiled(const std::vector<torch::Tensor>& moe_in,
+                                     const std::vector<torch::Tensor>& lora_in,
+                                     const std::vector<int64_t>& offsets) {
+  std::vector<torch::Tensor> m;
+  for (const auto& t : moe_in)
+    m.push_back(t.clone().requires_grad_());
+  const auto routing = ops::route_expert_choice(torch::mm(m[0], m[1]), 1100);
+  const auto y = ops::moe_ffn(m[0], routing, m[2], m[3], m[4], m[5]);
+  y.pow(2).sum().backward();
+  auto x = lora_in[0].clone().requires_grad_(), a = lora_in[3].clone().requires_grad_(),
+       b = lora_in[4].clone().requires_grad_();
+  const auto z = ops::multi_lora_linear(x, lora_in[1], lora_in[2], a, b, offsets, 2.0);
+  z.pow(2).sum().backward();
+  std::vector<torch::Tensor> out{y.detach(), z.detach(), x.grad(), a.grad(), b.grad()};
+  for (const auto& t : m)
+    out.push_back(t.grad());
+  return out;
+}
+
+TEST(CpuThreads, TiledLibraryGemmOpsSameBitsForOneTwoThreeThreads) {
+  const ThreadCount restore;
+  torch::manual_seed(::testing::UnitTest::GetInstance()->random_seed());
+  // MoE: 2 experts x 1,100 slots and f 1,100, so every product spans two 1,024 tiles each way.
+  const int64_t t = 1500, d = 24, f = 1100, e = 2;
+  const std::vector<torch::Tensor> moe_in{torch::randn({t, d}),         torch::randn({d, e}),
+                                          torch::randn({e, f, d}) / 5,  torch::randn({e, f}) / 10,
+                                          torch::randn({e, d, f}) / 30, torch::randn({e, d}) / 10};
+  // LoRA: five clients (one with no rows), 70 rows each, rank 5.
+  const std::vector<int64_t> offsets{0, 70, 140, 140, 210, 280};
+  const std::vector<torch::Tensor> lora_in{torch::randn({280, 40}), torch::randn({33, 40}),
+                                           torch::randn({33}), torch::randn({5, 5, 40}),
+                                           torch::randn({5, 33, 5})};
+  torch::set_num_threads(1);
+  const auto one = run_tiled(moe_in, lora_in, offsets);
+  for (int threads : {2, 3}) {
+    torch::set_num_threads(threads);
+    const auto other = run_tiled(moe_in, lora_in, offsets);
+    ASSERT_EQ(other.size(), one.size());
+    for (size_t k = 0; k < one.size(); ++k)
+      EXPECT_TRUE(torch::equal(other[k], one[k]))
+          << "output " << k << ", " << threads << " threads";
+  }
+}
+
+// The library GEMM (MKL where LibTorch has it) against the tile GEMM: every transpose, beta 0 over
+// NaN (C not read) and 1, padded leading dimensions, empty and depth-0 products.
+TEST(CpuThreads, LibraryGemmMatchesTileGemm) {
+  const kernels::cpu::Gemm lib = ops::library_gemm();
+  if (lib == nullptr)
+    GTEST_SKIP() << "LibTorch's BLAS is not MKL here: the kernels use the tile GEMM";
+  using kernels::cpu::Transpose;
+  torch::manual_seed(::testing::UnitTest::GetInstance()->random_seed());
+  struct Dims {
+    int64_t m, n, k;
+  };
+  for (const Dims dm : {Dims{37, 53, 71}, Dims{1, 1, 1}, Dims{5, 9, 0}, Dims{0, 4, 3}}) {
+    for (Transpose ta : {Transpose::kNo, Transpose::kYes})
+      for (Transpose tb : {Transpose::kNo, Transpose::kYes})
+        for (float beta : {0.0f, 1.0f}) {
+          SCOPED_TRACE(::testing::Message() << dm.m << "x" << dm.n << "x" << dm.k << " ta "
+                                            << int(ta) << " tb " << int(tb) << " beta " << beta);
+          // Stored shapes with 3 columns of padding: op(A) is [m, k], op(B) is [k, n].
+          const int64_t ar = ta == Transpose::kNo ? dm.m : dm.k,
+                        ac = ta == Transpose::kNo ? dm.k : dm.m;
+          const int64_t br = tb == Transpose::kNo ? dm.k : dm.n,
+                        bc = tb == Transpose::kNo ? dm.n : dm.k;
+          const auto a = torch::randn({ar, ac + 3}), b = torch::randn({br, bc + 3});
+          const auto c0 =
+              beta == 0.0f ? torch::full({dm.m, dm.n + 3}, NAN) : torch::randn({dm.m, dm.n + 3});
+          auto want = c0.clone(), got = c0.clone();
+          kernels::cpu::sgemm(ta, tb, dm.m, dm.n, dm.k, a.data_ptr<float>(), ac + 3,
+                              b.data_ptr<float>(), bc + 3, beta, want.data_ptr<float>(), dm.n + 3);
+          lib(ta, tb, dm.m, dm.n, dm.k, a.data_ptr<float>(), ac + 3, b.data_ptr<float>(), bc + 3,
+              beta, got.data_ptr<float>(), dm.n + 3);
+          const auto wv = want.narrow(1, 0, dm.n), gv = got.narrow(1, 0, dm.n);
+          ASSERT_FALSE(gv.isnan().any().item<bool>());
+          EXPECT_TRUE(torch::allclose(gv, wv, 1e-5, 1e-4));
+          // The padding is never written.
+          EXPECT_TRUE(torch::equal(got.narrow(1, dm.n, 3).isnan(), c0.narrow(1, dm.n, 3).isnan()));
+        }
   }
 }
 
