@@ -41,14 +41,29 @@ inline uint32_t magnitude_key(float v) {
   return bits & 0x7fffffffu;
 }
 
+// Whether the AVX-512 scan and pack run: built, and AVX-512 is what the dispatcher picked.
+bool wide_path() {
+  static const bool wide = MMFL_TOPK_AVX512 && std::strcmp(isa_name(), "avx512") == 0;
+  return wide;
+}
+
 // A key t such that, with high probability, between k and a little more than k of the row's keys
 // are >= t: the sample's key of descending rank p s + 4 sigma + 2 (p = k / n). 0 (every entry a
 // candidate) when that rank falls off the sample. 1 <= k < n.
 uint32_t sample_threshold(const float* row, int64_t n, int64_t k, std::vector<uint32_t>& keys) {
   const int64_t s = std::min(n, kSamples);
   keys.resize(static_cast<size_t>(s));
-  for (int64_t i = 0; i < s; ++i)
-    keys[i] = magnitude_key(row[(i * n) / s]);
+  // Entry floor(i n / s), stepped without a division per sample (Bresenham).
+  const int64_t q = n / s, rem = n % s;
+  for (int64_t i = 0, j = 0, frac = 0; i < s; ++i) {
+    keys[i] = magnitude_key(row[j]);
+    j += q;
+    frac += rem;
+    if (frac >= s) {
+      frac -= s;
+      ++j;
+    }
+  }
   const double p = double(k) / double(n);
   const double rank = p * double(s) + 4.0 * std::sqrt(double(s) * p * (1.0 - p)) + 2.0;
   if (rank >= double(s)) return 0;
@@ -57,25 +72,39 @@ uint32_t sample_threshold(const float* row, int64_t n, int64_t k, std::vector<ui
   return keys[r];
 }
 
-// Appends to cand the index of every entry whose key is >= t, in ascending order, for entries
-// [b, end) of the row; m is the count so far, the new count is returned. cand holds n + 1 (the
-// branch-free append writes one slot ahead). Scalar: about a cycle an entry (the running count is
-// a serial dependency).
-int64_t collect_scalar(const float* row, int64_t b, int64_t end, uint32_t t, int32_t* cand,
+// The candidates of a row: the entries whose key is >= the threshold, in ascending index order,
+// with their values (whose keys are recomputed where needed, a mask), so that nothing after the
+// scan reads the row again. Each array holds n + 16 (the vector scan stores 16 lanes past the
+// count).
+struct Candidates {
+  int32_t* idx;
+  float* val;
+};
+
+// Appends the candidates among entries [b, end) of the row after the m found so far; returns the
+// new count. Branch-free: every entry is written at slot m, which advances only for a candidate.
+int64_t collect_scalar(const float* row, int64_t b, int64_t end, uint32_t t, const Candidates& c,
                        int64_t m) {
   for (int64_t j = b; j < end; ++j) {
-    cand[m] = static_cast<int32_t>(j);
-    m += magnitude_key(row[j]) >= t ? 1 : 0;
+    const float v = row[j];
+    const uint32_t key = magnitude_key(v);
+    c.idx[m] = static_cast<int32_t>(j);
+    c.val[m] = v;
+    m += key >= t ? 1 : 0;
   }
   return m;
 }
 
 #if MMFL_TOPK_AVX512
-// The same with AVX-512: 16 keys compared at once, the hits' indices written contiguously by a
-// compress store (a few instructions per 16 entries instead of 16 dependent appends).
+// The same with AVX-512: 16 keys compared at once, the hits compressed within registers and
+// stored as full vectors (the lanes past the hits are overwritten by the next store; a compress
+// straight to memory is microcoded and several times slower).
+// pf: where to prefetch into L2 alongside (the next row's same entries; row itself when there is
+// none).
 __attribute__((target("arch=x86-64-v4"))) int64_t collect_avx512(const float* row, int64_t b,
                                                                  int64_t end, uint32_t t,
-                                                                 int32_t* cand, int64_t m) {
+                                                                 const Candidates& c, int64_t m,
+                                                                 const float* pf) {
   const __m512i tv = _mm512_set1_epi32(static_cast<int32_t>(t));
   const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
   const __m512i step = _mm512_set1_epi32(16);
@@ -84,133 +113,209 @@ __attribute__((target("arch=x86-64-v4"))) int64_t collect_avx512(const float* ro
                        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
   int64_t j = b;
   for (; j + 16 <= end; j += 16) {
-    const __m512i key = _mm512_and_si512(_mm512_loadu_si512(row + j), abs_mask);
+    _mm_prefetch(reinterpret_cast<const char*>(pf + j), _MM_HINT_T1);
+    const __m512i v = _mm512_loadu_si512(row + j);
+    const __m512i key = _mm512_and_si512(v, abs_mask);
     const __mmask16 hit = _mm512_cmpge_epu32_mask(key, tv);
-    _mm512_mask_compressstoreu_epi32(cand + m, hit, idx);
+    _mm512_storeu_si512(c.idx + m, _mm512_maskz_compress_epi32(hit, idx));
+    _mm512_storeu_si512(c.val + m, _mm512_maskz_compress_epi32(hit, v));
     m += __builtin_popcount(static_cast<unsigned>(hit));
     idx = _mm512_add_epi32(idx, step);
   }
-  return collect_scalar(row, j, end, t, cand, m);
+  return collect_scalar(row, j, end, t, c, m);
+}
+
+// Packs the taken candidates in order: every key above kth, and the first `ties` keys equal to it
+// (the lowest-indexed: the candidates are in index order). 16 candidates per step; the rare
+// vector holding keys equal to kth picks its tied lanes one by one. Returns the number packed.
+__attribute__((target("arch=x86-64-v4"))) int64_t pack_avx512(const Candidates& c, int64_t m,
+                                                              uint32_t kth, int64_t ties,
+                                                              int32_t* indices, float* values) {
+  const __m512i kv = _mm512_set1_epi32(static_cast<int32_t>(kth));
+  int64_t o = 0;
+  for (int64_t i = 0; i < m; i += 16) {
+    const __mmask16 valid =
+        m - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << static_cast<unsigned>(m - i)) - 1);
+    const __m512i val = _mm512_maskz_loadu_epi32(valid, c.val + i);
+    const __m512i key = _mm512_and_si512(val, _mm512_set1_epi32(0x7fffffff));
+    __mmask16 take = _mm512_mask_cmpgt_epu32_mask(valid, key, kv);
+    unsigned eq = _mm512_mask_cmpeq_epu32_mask(valid, key, kv);
+    for (; eq != 0 && ties > 0; --ties) {
+      take |= static_cast<__mmask16>(eq & (~eq + 1));  // the lowest tied lane
+      eq &= eq - 1;
+    }
+    _mm512_mask_compressstoreu_epi32(indices + o, take, _mm512_maskz_loadu_epi32(valid, c.idx + i));
+    _mm512_mask_compressstoreu_ps(values + o, take, _mm512_castsi512_ps(val));
+    o += __builtin_popcount(static_cast<unsigned>(take));
+  }
+  return o;
 }
 
 #endif
 
-// Appends to cand the index of every entry whose key is >= t, in ascending order, and copies the
-// row to res (unless res is null), block by block: each block is copied (memcpy's wide stores)
-// and then scanned from L1, so the row is read from memory once. Returns the number of
-// candidates.
-int64_t copy_and_collect(const float* row, float* res, int64_t n, uint32_t t, int32_t* cand) {
+// Copies the row to res (unless res is null) and collects its candidates (keys >= t), block by
+// block: each block is copied (memcpy's wide stores) and then scanned from L1, so the row is read
+// from memory once. Returns the number of candidates.
+int64_t copy_and_collect(const float* row, float* res, int64_t n, uint32_t t, const Candidates& c,
+                         const float* next) {
   constexpr int64_t kBlock = 2048;  // 8 KiB: stays in L1 between the copy and the scan
   int64_t m = 0;
-  static const bool wide = MMFL_TOPK_AVX512 && std::strcmp(isa_name(), "avx512") == 0;
   for (int64_t b = 0; b < n; b += kBlock) {
     const int64_t end = std::min(n, b + kBlock);
     if (res != nullptr) std::memcpy(res + b, row + b, static_cast<size_t>(end - b) * sizeof(float));
 #if MMFL_TOPK_AVX512
-    if (wide) {
-      m = collect_avx512(row, b, end, t, cand, m);
+    if (wide_path()) {
+      m = collect_avx512(row, b, end, t, c, m, next != nullptr ? next : row);
       continue;
     }
 #endif
-    m = collect_scalar(row, b, end, t, cand, m);
+    m = collect_scalar(row, b, end, t, c, m);
   }
   return m;
 }
 
-// The k-th largest of keys[0, m) (1 <= k < m), and how many keys equal to it are sent: k minus
-// the number above it. A histogram of the top 12 key bits (the exponent and 3 mantissa bits)
-// narrows the search to one bin, whose keys alone are partially sorted; keys is reordered.
-void kth_largest(std::vector<uint32_t>& keys, int64_t m, int64_t k, uint32_t* kth, int64_t* ties) {
-  auto nth = [&](int64_t len, int64_t rank) {  // rank-th largest (0-based) of keys[0, len)
-    std::nth_element(keys.begin(), keys.begin() + rank, keys.begin() + len,
-                     std::greater<uint32_t>());
-    return keys[rank];
+// The k-th largest of the keys of vals[0, m) (1 <= k < m), every one of them >= lo, and how many
+// keys equal to it are sent: k minus the number above it. A histogram of up to 1,024 equal bins
+// over [lo, the largest key] narrows the search to one bin, whose keys alone (copied to sel) are
+// partially sorted; keys is not changed.
+void kth_largest(const float* vals, int64_t m, int64_t k, uint32_t lo, std::vector<uint32_t>& sel,
+                 uint32_t* kth, int64_t* ties) {
+  auto nth = [&](int64_t len, int64_t rank) {  // rank-th largest (0-based) of sel[0, len)
+    std::nth_element(sel.begin(), sel.begin() + rank, sel.begin() + len, std::greater<uint32_t>());
+    return sel[rank];
   };
-  constexpr int kShift = 19;
-  constexpr int kHistBins = 1 << (31 - kShift);
+  sel.resize(static_cast<size_t>(m));
   int64_t above = 0, len = m;
   if (m > 256) {  // below this nth_element alone is as fast
-    thread_local std::vector<int32_t> hist;
-    hist.assign(kHistBins, 0);
+    uint32_t hi = lo;
     for (int64_t i = 0; i < m; ++i)
-      ++hist[keys[i] >> kShift];
-    uint32_t b = kHistBins - 1;
+      hi = std::max(hi, magnitude_key(vals[i]));
+    int shift = 0;
+    while (((hi - lo) >> shift) >= 1024)
+      ++shift;
+    const uint32_t top = (hi - lo) >> shift;  // bins 0..top
+    thread_local std::vector<int32_t> hist;
+    hist.assign(top + 1, 0);
+    for (int64_t i = 0; i < m; ++i)
+      ++hist[(magnitude_key(vals[i]) - lo) >> shift];
+    uint32_t b = top;
     for (; b > 0; --b) {
       if (above + hist[b] >= k) break;
       above += hist[b];
     }
     len = 0;
-    for (int64_t i = 0; i < m; ++i) {  // branch-free compaction (len <= i: never ahead)
-      const uint32_t key = keys[i];
-      keys[len] = key;
-      len += (key >> kShift) == b ? 1 : 0;
+    for (int64_t i = 0; i < m; ++i) {  // branch-free compaction
+      const uint32_t key = magnitude_key(vals[i]);
+      sel[len] = key;
+      len += ((key - lo) >> shift) == b ? 1 : 0;
     }
+  } else {
+    for (int64_t i = 0; i < m; ++i)
+      sel[i] = magnitude_key(vals[i]);
   }
   *kth = nth(len, k - above - 1);
   int64_t greater = 0;
   for (int64_t i = 0; i < len; ++i)
-    greater += keys[i] > *kth ? 1 : 0;
+    greater += sel[i] > *kth ? 1 : 0;
   *ties = k - above - greater;
 }
 
-void topk_row(const float* row, int64_t n, int64_t k, int32_t* indices, float* values, float* res) {
+// next: the row this thread is likely to take next (prefetched during the scan), or null.
+void topk_row(const float* row, const float* next, int64_t n, int64_t k, int32_t* indices,
+              float* values, float* res) {
   const bool copy = res != row;
   if (k == 0) {
     if (copy) std::memcpy(res, row, static_cast<size_t>(n) * sizeof(float));
     return;
   }
-  thread_local std::vector<int32_t> cand;
-  thread_local std::vector<uint32_t> keys;
-  cand.resize(static_cast<size_t>(n + 1));
-  const uint32_t t = k == n ? 0 : sample_threshold(row, n, k, keys);
-  int64_t m = copy_and_collect(row, copy ? res : nullptr, n, t, cand.data());
+  thread_local std::vector<int32_t> cand_idx;
+  thread_local std::vector<uint32_t> scratch;
+  thread_local std::vector<float> cand_val;
+  cand_idx.resize(static_cast<size_t>(n + 16));
+  cand_val.resize(static_cast<size_t>(n + 16));
+  const Candidates c{cand_idx.data(), cand_val.data()};
+  uint32_t t = k == n ? 0 : sample_threshold(row, n, k, scratch);
+  int64_t m = copy_and_collect(row, copy ? res : nullptr, n, t, c, next);
   if (m < k) {  // the sample misjudged (rare, or adversarial data): every entry is a candidate
-    for (int64_t j = 0; j < n; ++j)
-      cand[j] = static_cast<int32_t>(j);
-    m = n;
+    t = 0;
+    m = collect_scalar(row, 0, n, 0, c, 0);
   }
   // The exact k-th largest key among the candidates, and how many entries equal to it are sent
   // (the lowest-indexed ones).
-  keys.resize(static_cast<size_t>(m));
-  for (int64_t i = 0; i < m; ++i)
-    keys[i] = magnitude_key(row[cand[i]]);
   const bool all = m == k;  // every candidate is sent
   uint32_t kth = 0;
   int64_t ties = 0;
-  if (!all) kth_largest(keys, m, k, &kth, &ties);
-  // Branch-free: every candidate is written at slot o, which advances only when it is taken
-  // (whether a candidate falls below the k-th key is data, and a branch on it mispredicts); an
-  // entry not taken keeps its value in the residual (res[j] already holds it).
+  if (!all) kth_largest(c.val, m, k, t, scratch, &kth, &ties);
   int64_t o = 0;
-  for (int64_t i = 0; i < m && o < k; ++i) {
-    const int32_t j = cand[i];
-    const float v = row[j];
-    const uint32_t key = magnitude_key(v);
-    const bool tie = key == kth;
-    const bool take = all || key > kth || (tie && ties > 0);
-    ties -= (!all && tie && take) ? 1 : 0;
-    indices[o] = j;
-    values[o] = v;
-    res[j] = take ? 0.0f : v;
-    o += take ? 1 : 0;
+#if MMFL_TOPK_AVX512
+  if (wide_path()) {
+    // all: kth 0 with ties m takes every candidate (keys above 0, and every 0 key as a tie).
+    o = all ? pack_avx512(c, m, 0, m, indices, values)
+            : pack_avx512(c, m, kth, ties, indices, values);
+  } else
+#endif
+  {
+    // Branch-free: every candidate is written at slot o, which advances only when it is taken
+    // (whether a candidate falls below the k-th key is data, and a branch on it mispredicts).
+    for (int64_t i = 0; i < m && o < k; ++i) {
+      const uint32_t key = magnitude_key(c.val[i]);
+      const bool tie = key == kth;
+      const bool take = all || key > kth || (tie && ties > 0);
+      ties -= (!all && tie && take) ? 1 : 0;
+      indices[o] = c.idx[i];
+      values[o] = c.val[i];
+      o += take ? 1 : 0;
+    }
   }
   MMFL_CHECK(o == k, "cpu::topk_by_magnitude: internal error: packed ", o, " of k = ", k);
+  // What was sent leaves the residual (res[j] holds row[j] for every other entry).
+  for (int64_t i = 0; i < k; ++i)
+    res[indices[i]] = 0.0f;
+}
+
+// The first position of idx[0, k) (ascending) holding a value >= target, searched outward from a
+// guess: a top-k's indices spread over [0, n), so k j / n lands near the answer for j, and a few
+// neighbouring reads replace the log2 k dependent ones (each a cache miss) of a binary search.
+int64_t lower_bound_near(const int32_t* idx, int64_t k, int32_t target, int64_t guess) {
+  guess = std::clamp<int64_t>(guess, 0, k);
+  int64_t lo, hi;  // the answer is in [lo, hi]
+  if (guess < k && idx[guess] < target) {
+    lo = guess + 1;
+    hi = lo;
+    for (int64_t step = 1; hi < k && idx[hi] < target; step *= 2) {
+      lo = hi + 1;
+      hi += step;
+    }
+    hi = std::min(hi, k);
+  } else {
+    hi = guess;
+    lo = guess - 1;
+    for (int64_t step = 1; lo >= 0 && idx[lo] >= target; step *= 2) {
+      hi = lo;
+      lo -= step;
+    }
+    lo = std::max<int64_t>(lo, -1) + 1;
+  }
+  return std::lower_bound(idx + lo, idx + hi, target) - idx;
 }
 
 template <typename Acc>
 void sum_chunk(const int32_t* indices, const float* values, const float* weights, int64_t rows,
-               int64_t k, int64_t j0, int64_t len, float* out) {
+               int64_t k, int64_t n, int64_t j0, int64_t len, float* out) {
   thread_local std::vector<Acc> sum;
   sum.assign(static_cast<size_t>(len), Acc(0));
   const int32_t lo_j = static_cast<int32_t>(j0), hi_j = static_cast<int32_t>(j0 + len);
+  const auto guess = static_cast<int64_t>(double(k) * double(j0) / double(n));
   for (int64_t c = 0; c < rows; ++c) {
     const int32_t* idx = indices + c * k;
-    const int32_t* lo = std::lower_bound(idx, idx + k, lo_j);
-    const int32_t* hi = std::lower_bound(lo, idx + k, hi_j);
+    if (c + 1 < rows) {  // the next client's entries near the guess
+      __builtin_prefetch(idx + k + std::min(guess, k - 1));
+      __builtin_prefetch(values + (c + 1) * k + std::min(guess, k - 1));
+    }
     const Acc w = static_cast<Acc>(weights[c]);
     const float* val = values + c * k;
-    for (const int32_t* e = lo; e < hi; ++e)
-      sum[*e - lo_j] += w * static_cast<Acc>(val[e - idx]);
+    for (int64_t e = lower_bound_near(idx, k, lo_j, guess); e < k && idx[e] < hi_j; ++e)
+      sum[idx[e] - lo_j] += w * static_cast<Acc>(val[e]);
   }
   for (int64_t j = 0; j < len; ++j)
     out[j0 + j] = static_cast<float>(sum[j]);
@@ -223,7 +328,11 @@ void topk_by_magnitude(const float* x, int64_t rows, int64_t n, int64_t k, int32
   checks::check_topk_args("cpu::topk_by_magnitude", x, rows, n, k, indices, values, residual);
   if (n == 0) return;
   detail::run_tasks(ctx, rows, [&](int64_t c) {
-    topk_row(x + c * n, n, k, indices + c * k, values + c * k, residual + c * n);
+    // A thread takes a contiguous range of rows, so its next row is most likely c + 1; the
+    // prefetch during this row's scan hides the next row's memory latency (its sample's loads
+    // would otherwise each wait on memory).
+    topk_row(x + c * n, c + 1 < rows ? x + (c + 1) * n : nullptr, n, k, indices + c * k,
+             values + c * k, residual + c * n);
   });
 }
 
@@ -243,9 +352,9 @@ void sparse_weighted_sum(const int32_t* indices, const float* values, const floa
   detail::run_tasks(ctx, detail::ceil_div(n, kSumChunk), [&](int64_t chunk) {
     const int64_t j0 = chunk * kSumChunk, len = std::min(kSumChunk, n - j0);
     if (acc == Accumulator::kFloat32) {
-      sum_chunk<float>(indices, values, weights, rows, k, j0, len, out);
+      sum_chunk<float>(indices, values, weights, rows, k, n, j0, len, out);
     } else {
-      sum_chunk<double>(indices, values, weights, rows, k, j0, len, out);
+      sum_chunk<double>(indices, values, weights, rows, k, n, j0, len, out);
     }
   });
 }
