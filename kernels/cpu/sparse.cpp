@@ -47,31 +47,6 @@ bool wide_path() {
   return wide;
 }
 
-// A key t such that, with high probability, between k and a little more than k of the row's keys
-// are >= t: the sample's key of descending rank p s + 4 sigma + 2 (p = k / n). 0 (every entry a
-// candidate) when that rank falls off the sample. 1 <= k < n.
-uint32_t sample_threshold(const float* row, int64_t n, int64_t k, std::vector<uint32_t>& keys) {
-  const int64_t s = std::min(n, kSamples);
-  keys.resize(static_cast<size_t>(s));
-  // Entry floor(i n / s), stepped without a division per sample (Bresenham).
-  const int64_t q = n / s, rem = n % s;
-  for (int64_t i = 0, j = 0, frac = 0; i < s; ++i) {
-    keys[i] = magnitude_key(row[j]);
-    j += q;
-    frac += rem;
-    if (frac >= s) {
-      frac -= s;
-      ++j;
-    }
-  }
-  const double p = double(k) / double(n);
-  const double rank = p * double(s) + 4.0 * std::sqrt(double(s) * p * (1.0 - p)) + 2.0;
-  if (rank >= double(s)) return 0;
-  const auto r = static_cast<int64_t>(rank);
-  std::nth_element(keys.begin(), keys.begin() + r, keys.end(), std::greater<uint32_t>());
-  return keys[r];
-}
-
 // The candidates of a row: the entries whose key is >= the threshold, in ascending index order,
 // with their values (whose keys are recomputed where needed, a mask), so that nothing after the
 // scan reads the row again. Each array holds n + 16 (the vector scan stores 16 lanes past the
@@ -125,12 +100,14 @@ __attribute__((target("arch=x86-64-v4"))) int64_t collect_avx512(const float* ro
   return collect_scalar(row, j, end, t, c, m);
 }
 
-// Packs the taken candidates in order: every key above kth, and the first `ties` keys equal to it
-// (the lowest-indexed: the candidates are in index order). 16 candidates per step; the rare
-// vector holding keys equal to kth picks its tied lanes one by one. Returns the number packed.
+// Packs the taken candidates in order and zeroes them in res: every key above kth, and the first
+// `ties` keys equal to it (the lowest-indexed: the candidates are in index order). 16 candidates
+// per step; the rare vector holding keys equal to kth picks its tied lanes one by one. Returns the
+// number packed.
 __attribute__((target("arch=x86-64-v4"))) int64_t pack_avx512(const Candidates& c, int64_t m,
                                                               uint32_t kth, int64_t ties,
-                                                              int32_t* indices, float* values) {
+                                                              int32_t* indices, float* values,
+                                                              float* res) {
   const __m512i kv = _mm512_set1_epi32(static_cast<int32_t>(kth));
   int64_t o = 0;
   for (int64_t i = 0; i < m; i += 16) {
@@ -144,14 +121,113 @@ __attribute__((target("arch=x86-64-v4"))) int64_t pack_avx512(const Candidates& 
       take |= static_cast<__mmask16>(eq & (~eq + 1));  // the lowest tied lane
       eq &= eq - 1;
     }
-    _mm512_mask_compressstoreu_epi32(indices + o, take, _mm512_maskz_loadu_epi32(valid, c.idx + i));
+    const __m512i idx = _mm512_maskz_loadu_epi32(valid, c.idx + i);
+    _mm512_mask_compressstoreu_epi32(indices + o, take, idx);
+    _mm512_mask_i32scatter_ps(res, take, idx, _mm512_setzero_ps(), 4);  // sent: out of the residual
     _mm512_mask_compressstoreu_ps(values + o, take, _mm512_castsi512_ps(val));
     o += __builtin_popcount(static_cast<unsigned>(take));
   }
   return o;
 }
 
+// How many of the keys of data[0, m) (each element's bits with the sign cleared) are >= x.
+__attribute__((target("arch=x86-64-v4"))) int64_t count_ge_avx512(const uint32_t* data, int64_t m,
+                                                                  uint32_t x) {
+  const __m512i xv = _mm512_set1_epi32(static_cast<int32_t>(x));
+  const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
+  int64_t count = 0, i = 0;
+  for (; i + 16 <= m; i += 16) {
+    const __m512i key = _mm512_and_si512(_mm512_loadu_si512(data + i), abs_mask);
+    count += __builtin_popcount(static_cast<unsigned>(_mm512_cmpge_epu32_mask(key, xv)));
+  }
+  const __mmask16 tail = static_cast<__mmask16>((1u << static_cast<unsigned>(m - i)) - 1);
+  const __m512i key = _mm512_and_si512(_mm512_maskz_loadu_epi32(tail, data + i), abs_mask);
+  return count +
+         __builtin_popcount(static_cast<unsigned>(_mm512_mask_cmpge_epu32_mask(tail, key, xv)));
+}
+
+// The k-th largest key of data[0, m) (keys as in count_ge_avx512; 1 <= k <= m) and how many keys
+// are above it. Counting passes (16 keys a step, no stores) narrow a bracket [lo, hi) with cnt(lo)
+// >= k > cnt(hi), stepping by interpolation on the counts and by halving in turn, until at most 64
+// keys are inside; those are partially sorted in sel.
+__attribute__((target("arch=x86-64-v4"))) uint32_t select_avx512(const uint32_t* data, int64_t m,
+                                                                 int64_t k,
+                                                                 std::vector<uint32_t>& sel,
+                                                                 int64_t* above) {
+  uint64_t lo = 0, hi = uint64_t(1) << 31;  // every key is in [lo, hi)
+  int64_t c_lo = m, c_hi = 0;
+  for (int step = 0; c_lo - c_hi > 64 && hi - lo > 1; ++step) {
+    uint64_t x = step % 2 == 0
+                     ? lo + uint64_t(double(hi - lo) * double(c_lo - k) / double(c_lo - c_hi))
+                     : lo + (hi - lo) / 2;
+    x = std::clamp(x, lo + 1, hi - 1);
+    const int64_t c = count_ge_avx512(data, m, static_cast<uint32_t>(x));
+    if (c >= k) {
+      lo = x;
+      c_lo = c;
+    } else {
+      hi = x;
+      c_hi = c;
+    }
+  }
+  // The keys in [lo, hi), the answer the (k - c_hi)-th largest of them.
+  sel.resize(static_cast<size_t>(c_lo - c_hi));
+  const __m512i lov = _mm512_set1_epi32(static_cast<int32_t>(lo));
+  const __m512i hiv = _mm512_set1_epi32(static_cast<int32_t>(hi - 1));  // hi - 1 < 2^31
+  const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
+  int64_t len = 0;
+  for (int64_t i = 0; i < m; i += 16) {
+    const __mmask16 valid =
+        m - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << static_cast<unsigned>(m - i)) - 1);
+    const __m512i key = _mm512_and_si512(_mm512_maskz_loadu_epi32(valid, data + i), abs_mask);
+    const __mmask16 in =
+        _mm512_mask_cmple_epu32_mask(_mm512_mask_cmpge_epu32_mask(valid, key, lov), key, hiv);
+    _mm512_mask_compressstoreu_epi32(sel.data() + len, in, key);
+    len += __builtin_popcount(static_cast<unsigned>(in));
+  }
+  const int64_t r = k - c_hi - 1;
+  std::nth_element(sel.begin(), sel.begin() + r, sel.begin() + len, std::greater<uint32_t>());
+  const uint32_t kth = sel[r];
+  int64_t greater = c_hi;
+  for (int64_t i = 0; i < len; ++i)
+    greater += sel[i] > kth ? 1 : 0;
+  *above = greater;
+  return kth;
+}
+
 #endif
+
+// A key t such that, with high probability, between k and a little more than k of the row's keys
+// are >= t: the sample's key of descending rank p s + 4 sigma + 2 (p = k / n). 0 (every entry a
+// candidate) when that rank falls off the sample. 1 <= k < n.
+uint32_t sample_threshold(const float* row, int64_t n, int64_t k, std::vector<uint32_t>& keys) {
+  const int64_t s = std::min(n, kSamples);
+  keys.resize(static_cast<size_t>(s));
+  // Entry floor(i n / s), stepped without a division per sample (Bresenham).
+  const int64_t q = n / s, rem = n % s;
+  for (int64_t i = 0, j = 0, frac = 0; i < s; ++i) {
+    keys[i] = magnitude_key(row[j]);
+    j += q;
+    frac += rem;
+    if (frac >= s) {
+      frac -= s;
+      ++j;
+    }
+  }
+  const double p = double(k) / double(n);
+  const double rank = p * double(s) + 4.0 * std::sqrt(double(s) * p * (1.0 - p)) + 2.0;
+  if (rank >= double(s)) return 0;
+  const auto r = static_cast<int64_t>(rank);
+#if MMFL_TOPK_AVX512
+  if (wide_path()) {
+    thread_local std::vector<uint32_t> sel;
+    int64_t above = 0;
+    return select_avx512(keys.data(), s, r + 1, sel, &above);
+  }
+#endif
+  std::nth_element(keys.begin(), keys.begin() + r, keys.end(), std::greater<uint32_t>());
+  return keys[r];
+}
 
 // Copies the row to res (unless res is null) and collects its candidates (keys >= t), block by
 // block: each block is copied (memcpy's wide stores) and then scanned from L1, so the row is read
@@ -245,15 +321,22 @@ void topk_row(const float* row, const float* next, int64_t n, int64_t k, int32_t
   const bool all = m == k;  // every candidate is sent
   uint32_t kth = 0;
   int64_t ties = 0;
-  if (!all) kth_largest(c.val, m, k, t, scratch, &kth, &ties);
   int64_t o = 0;
 #if MMFL_TOPK_AVX512
   if (wide_path()) {
+    if (!all) {
+      int64_t above = 0;
+      kth = select_avx512(reinterpret_cast<const uint32_t*>(c.val), m, k, scratch, &above);
+      ties = k - above;
+    }
     // all: kth 0 with ties m takes every candidate (keys above 0, and every 0 key as a tie).
-    o = all ? pack_avx512(c, m, 0, m, indices, values)
-            : pack_avx512(c, m, kth, ties, indices, values);
-  } else
+    o = all ? pack_avx512(c, m, 0, m, indices, values, res)
+            : pack_avx512(c, m, kth, ties, indices, values, res);
+    MMFL_CHECK(o == k, "cpu::topk_by_magnitude: internal error: packed ", o, " of k = ", k);
+    return;
+  }
 #endif
+  if (!all) kth_largest(c.val, m, k, t, scratch, &kth, &ties);
   {
     // Branch-free: every candidate is written at slot o, which advances only when it is taken
     // (whether a candidate falls below the k-th key is data, and a branch on it mispredicts).
