@@ -9,8 +9,10 @@
 // each client's entries in the chunk found by binary search in its ascending indices.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <vector>
 
 // The AVX-512 candidate scan is built where the other hot loops get their AVX-512 clones (GCC on
@@ -104,7 +106,8 @@ __attribute__((target("arch=x86-64-v4"))) int64_t collect_avx512(const float* ro
   return collect_scalar(row, j, end, t, c, m);
 }
 
-// Packs the taken candidates in order and zeroes them in res: every key above kth, and the first
+// Packs the taken candidates in order and zeroes them in res (unless null): every key above kth,
+// and the first
 // `ties` keys equal to it (the lowest-indexed: the candidates are in index order). 16 candidates
 // per step; the rare vector holding keys equal to kth picks its tied lanes one by one. Returns the
 // number packed.
@@ -127,11 +130,43 @@ __attribute__((target("arch=x86-64-v4"))) int64_t pack_avx512(const Candidates& 
     }
     const __m512i idx = _mm512_maskz_loadu_epi32(valid, c.idx + i);
     _mm512_mask_compressstoreu_epi32(indices + o, take, idx);
-    _mm512_mask_i32scatter_ps(res, take, idx, _mm512_setzero_ps(), 4);  // sent: out of the residual
+    if (res != nullptr)  // sent: out of the residual
+      _mm512_mask_i32scatter_ps(res, take, idx, _mm512_setzero_ps(), 4);
     _mm512_mask_compressstoreu_ps(values + o, take, _mm512_castsi512_ps(val));
     o += __builtin_popcount(static_cast<unsigned>(take));
   }
   return o;
+}
+
+// res = row with the sent entries set to +0 (keys above kth, and the first `ties` keys equal to
+// it), in one pass over the row (read from L2: the scan just read it) with streaming stores where
+// res is 64-byte aligned: the residual is written without first being read into the cache, so the
+// copy costs one write of the row instead of a read and a write.
+__attribute__((target("arch=x86-64-v4"))) void write_residual_avx512(const float* row, float* res,
+                                                                     int64_t n, uint32_t kth,
+                                                                     int64_t ties) {
+  const __m512i kv = _mm512_set1_epi32(static_cast<int32_t>(kth));
+  const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
+  const bool aligned = reinterpret_cast<uintptr_t>(res) % 64 == 0;
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 valid =
+        n - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << static_cast<unsigned>(n - j)) - 1);
+    const __m512 v = _mm512_maskz_loadu_ps(valid, row + j);
+    const __m512i key = _mm512_and_si512(_mm512_castps_si512(v), abs_mask);
+    __mmask16 take = _mm512_cmpgt_epu32_mask(key, kv);
+    unsigned eq = _mm512_mask_cmpeq_epu32_mask(valid, key, kv);
+    for (; eq != 0 && ties > 0; --ties) {
+      take |= static_cast<__mmask16>(eq & (~eq + 1));
+      eq &= eq - 1;
+    }
+    const __m512 out = _mm512_mask_mov_ps(v, take, _mm512_setzero_ps());
+    if (aligned && valid == 0xffff) {
+      _mm512_stream_ps(res + j, out);
+    } else {
+      _mm512_mask_storeu_ps(res + j, valid, out);
+    }
+  }
+  _mm_sfence();  // the streaming stores are ordered before whatever the caller does next
 }
 
 // How many of the keys of data[0, m) (each element's bits with the sign cleared) are >= x.
@@ -315,7 +350,8 @@ void topk_row(const float* row, const float* next, int64_t n, int64_t k, int32_t
   cand_val.resize(static_cast<size_t>(n + 16));
   const Candidates c{cand_idx.data(), cand_val.data()};
   uint32_t t = k == n ? 0 : sample_threshold(row, n, k, scratch);
-  int64_t m = copy_and_collect(row, copy ? res : nullptr, n, t, c, next);
+  // The AVX-512 path writes a separate residual after the selection (write_residual_avx512).
+  int64_t m = copy_and_collect(row, copy && !wide_path() ? res : nullptr, n, t, c, next);
   if (m < k) {  // the sample misjudged (rare, or adversarial data): every entry is a candidate
     t = 0;
     m = collect_scalar(row, 0, n, 0, c, 0);
@@ -333,10 +369,15 @@ void topk_row(const float* row, const float* next, int64_t n, int64_t k, int32_t
       kth = select_avx512(reinterpret_cast<const uint32_t*>(c.val), m, k, scratch, &above);
       ties = k - above;
     }
-    // all: kth 0 with ties m takes every candidate (keys above 0, and every 0 key as a tie).
-    o = all ? pack_avx512(c, m, 0, m, indices, values, res)
-            : pack_avx512(c, m, kth, ties, indices, values, res);
+    // all: kth 0 with ties m takes every candidate (keys above 0, and every 0 key as a tie); in
+    // the row, the candidates are the keys >= t (t as kth, every key equal to it a tie).
+    float* zero_in = copy ? nullptr : res;
+    o = all ? pack_avx512(c, m, 0, m, indices, values, zero_in)
+            : pack_avx512(c, m, kth, ties, indices, values, zero_in);
     MMFL_CHECK(o == k, "cpu::topk_by_magnitude: internal error: packed ", o, " of k = ", k);
+    if (copy)
+      write_residual_avx512(row, res, n, all ? t : kth,
+                            all ? std::numeric_limits<int64_t>::max() : ties);
     return;
   }
 #endif
