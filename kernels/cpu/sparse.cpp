@@ -434,11 +434,15 @@ void sum_chunk(const int32_t* indices, const float* values, const float* weights
   sum.assign(static_cast<size_t>(len), Acc(0));
   const int32_t lo_j = static_cast<int32_t>(j0), hi_j = static_cast<int32_t>(j0 + len);
   const auto guess = static_cast<int64_t>(double(k) * double(j0) / double(n));
+  const auto span = static_cast<int64_t>(double(k) * double(len) / double(n)) + 16;
   for (int64_t c = 0; c < rows; ++c) {
     const int32_t* idx = indices + c * k;
-    if (c + 1 < rows) {  // the next client's entries near the guess
-      __builtin_prefetch(idx + k + std::min(guess, k - 1));
-      __builtin_prefetch(values + (c + 1) * k + std::min(guess, k - 1));
+    if (c + 1 < rows) {  // the next client's entries of this chunk, as the guess places them
+      const int64_t from = std::min(guess, k - 1), to = std::min(guess + span, k);
+      for (int64_t e = from; e < to; e += 16) {
+        __builtin_prefetch(idx + k + e);
+        __builtin_prefetch(values + (c + 1) * k + e);
+      }
     }
     const Acc w = static_cast<Acc>(weights[c]);
     const float* val = values + c * k;
