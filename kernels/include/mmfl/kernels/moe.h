@@ -114,9 +114,9 @@ void moe_experts_backward(const int64_t* order,    // [S]
 
 namespace cpu {
 
-// The fast path: as namespace ref, on the threads of ctx.parallel_for, the GEMMs through the tile
-// GEMM (cpu.h). Every output has one owning task and a fixed summation order, so the results are
-// bit-identical for any number of threads.
+// The fast path: as namespace ref, on the threads of ctx.parallel_for, the GEMMs through ctx.gemm
+// (or the tile GEMM; cpu.h). Every output has one owning task and a fixed summation order, so the
+// results are bit-identical for any number of threads.
 void moe_route_expert_choice(const float* logits, int64_t tokens, int64_t experts, int64_t capacity,
                              int64_t* order, int64_t* gate_index, const Context& ctx = {});
 void moe_route_token_choice(const float* logits, int64_t tokens, int64_t experts, int64_t k,

@@ -55,9 +55,9 @@ void multi_lora_backward(const float* x,          // [rows, in]
 
 namespace cpu {
 
-// The fast path: as namespace ref, in fp32 with the tile GEMM (cpu.h), on the threads of
-// ctx.parallel_for. Every output has one owning task and a fixed summation order, so the results
-// are bit-identical for any number of threads.
+// The fast path: as namespace ref, in fp32 with ctx.gemm (or the tile GEMM; cpu.h), on the
+// threads of ctx.parallel_for. Every output has one owning task and a fixed summation order, so the
+// results are bit-identical for any number of threads.
 void multi_lora_forward(const float* x,          // [rows, in]
                         const float* a,          // [clients, rank, in]
                         const float* b,          // [clients, out, rank]
