@@ -1,12 +1,15 @@
 // Fast CPU sparse ops. Top-k: one task per row. A strided sample of the row gives a threshold a
-// little below the k-th largest magnitude; one vectorized pass copies the row to the residual and
-// collects the (few) candidates at or above it, already in index order; the exact k-th key is
-// selected among the candidates; a last walk over the candidates packs them and zeroes their
-// residual entries. The row is read from memory once (a rank-64 LoRA delta of a 1024x1024 layer,
-// 512 KiB, stays in L2 for the later steps). The selection is exact, so the results are the
-// reference's bit for bit, for any number of threads.
+// little below the k-th largest magnitude; one vectorized pass collects the (few) candidates at or
+// above it with their values, already in index order (and, on the scalar path, copies the row to
+// the residual); the exact k-th key is selected among the candidates (AVX-512: counting passes;
+// elsewhere a histogram and nth_element); a last walk over the candidates packs them and zeroes
+// their residual entries (AVX-512 with a separate residual: one streaming pass writes it). The row
+// is read from memory once (a rank-64 LoRA delta of a 1024x1024 layer, 512 KiB, stays in L2 for
+// the later steps), and the thread's next row is prefetched meanwhile. The selection is exact, so
+// the results are the reference's bit for bit, for any number of threads.
 // Aggregation: one task per chunk of the output, clients added in order (the reference's order),
-// each client's entries in the chunk found by binary search in its ascending indices.
+// each client's entries in the chunk found by a search from an interpolated guess in its ascending
+// indices.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -292,7 +295,7 @@ int64_t copy_and_collect(const float* row, float* res, int64_t n, uint32_t t, co
 // The k-th largest of the keys of vals[0, m) (1 <= k < m), every one of them >= lo, and how many
 // keys equal to it are sent: k minus the number above it. A histogram of up to 1,024 equal bins
 // over [lo, the largest key] narrows the search to one bin, whose keys alone (copied to sel) are
-// partially sorted; keys is not changed.
+// partially sorted; vals is not changed.
 void kth_largest(const float* vals, int64_t m, int64_t k, uint32_t lo, std::vector<uint32_t>& sel,
                  uint32_t* kth, int64_t* ties) {
   auto nth = [&](int64_t len, int64_t rank) {  // rank-th largest (0-based) of sel[0, len)
