@@ -188,15 +188,26 @@ __attribute__((target("arch=x86-64-v4"))) int64_t count_ge_avx512(const uint32_t
          __builtin_popcount(static_cast<unsigned>(_mm512_mask_cmpge_epu32_mask(tail, key, xv)));
 }
 
-// The k-th largest key of data[0, m) (keys as in count_ge_avx512; 1 <= k <= m) and how many keys
-// are above it. Counting passes (16 keys a step, no stores) narrow a bracket [lo, hi) with cnt(lo)
+// The k-th largest key of data[0, m) (keys as in count_ge_avx512, every one >= floor; 1 <= k <=
+// m) and how many keys are above it. Counting passes (16 keys a step, no stores) narrow a bracket
+// [lo, hi) with cnt(lo)
 // >= k > cnt(hi), stepping by interpolation on the counts and by halving in turn, until at most 64
 // keys are inside; those are partially sorted in sel.
 __attribute__((target("arch=x86-64-v4"))) uint32_t select_avx512(const uint32_t* data, int64_t m,
-                                                                 int64_t k,
+                                                                 int64_t k, uint32_t floor,
                                                                  std::vector<uint32_t>& sel,
                                                                  int64_t* above) {
-  uint64_t lo = 0, hi = uint64_t(1) << 31;  // every key is in [lo, hi)
+  // The bracket starts at [floor, the largest key + 1) (one pass for the largest key), so that
+  // interpolation works on the keys' own range and not on all of [0, 2^31).
+  const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
+  __m512i top = _mm512_setzero_si512();
+  for (int64_t i = 0; i < m; i += 16) {
+    const __mmask16 valid =
+        m - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << static_cast<unsigned>(m - i)) - 1);
+    top = _mm512_max_epu32(top,
+                           _mm512_and_si512(_mm512_maskz_loadu_epi32(valid, data + i), abs_mask));
+  }
+  uint64_t lo = floor, hi = uint64_t(_mm512_reduce_max_epu32(top)) + 1;  // keys in [lo, hi)
   int64_t c_lo = m, c_hi = 0;
   for (int step = 0; c_lo - c_hi > 64 && hi - lo > 1; ++step) {
     uint64_t x = step % 2 == 0
@@ -216,7 +227,6 @@ __attribute__((target("arch=x86-64-v4"))) uint32_t select_avx512(const uint32_t*
   sel.resize(static_cast<size_t>(c_lo - c_hi));
   const __m512i lov = _mm512_set1_epi32(static_cast<int32_t>(lo));
   const __m512i hiv = _mm512_set1_epi32(static_cast<int32_t>(hi - 1));  // hi - 1 < 2^31
-  const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
   int64_t len = 0;
   for (int64_t i = 0; i < m; i += 16) {
     const __mmask16 valid =
@@ -264,7 +274,7 @@ uint32_t sample_threshold(const float* row, int64_t n, int64_t k, std::vector<ui
   if (wide_path()) {
     thread_local std::vector<uint32_t> sel;
     int64_t above = 0;
-    return select_avx512(keys.data(), s, r + 1, sel, &above);
+    return select_avx512(keys.data(), s, r + 1, 0, sel, &above);
   }
 #endif
   std::nth_element(keys.begin(), keys.begin() + r, keys.end(), std::greater<uint32_t>());
@@ -369,7 +379,7 @@ void topk_row(const float* row, const float* next, int64_t n, int64_t k, int32_t
   if (wide_path()) {
     if (!all) {
       int64_t above = 0;
-      kth = select_avx512(reinterpret_cast<const uint32_t*>(c.val), m, k, scratch, &above);
+      kth = select_avx512(reinterpret_cast<const uint32_t*>(c.val), m, k, t, scratch, &above);
       ties = k - above;
     }
     // all: kth 0 with ties m takes every candidate (keys above 0, and every 0 key as a tie); in
