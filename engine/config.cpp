@@ -600,14 +600,47 @@ void check_duplicate_keys(const YAML::Node& node, const std::string& path) {
   }
 }
 
+// A loaded YAML tree as a walk sees it: an alias (*name) stands for its anchor's whole subtree
+// at every use, so ten levels of ten aliases each are 10^10 values from a few hundred bytes, and
+// every walk over the tree (the duplicate-key check, the config's sections, the report's flatten)
+// would take hours. Counting stops at the first value past the budget, so the check itself is
+// bounded. Real configs hold a few hundred values and nest a few levels.
+constexpr size_t kMaxYamlValues = 100000;
+constexpr int kMaxYamlDepth = 64;
+
+void check_yaml_size(const YAML::Node& node, const std::string& what, int depth, size_t& count) {
+  MMFL_CHECK(++count <= kMaxYamlValues, what, " holds more than ", kMaxYamlValues,
+             " YAML values, counting each use of an alias (*name) as a copy of its anchor's "
+             "values; a config has a few hundred: write repeated values out instead of nesting "
+             "aliases");
+  MMFL_CHECK(depth <= kMaxYamlDepth, what, " nests YAML collections more than ", kMaxYamlDepth,
+             " levels deep; a config nests a few");
+  if (node.IsSequence()) {
+    for (const auto& v : node)
+      check_yaml_size(v, what, depth + 1, count);
+  } else if (node.IsMap()) {
+    for (const auto& kv : node) {
+      check_yaml_size(kv.first, what, depth + 1, count);
+      check_yaml_size(kv.second, what, depth + 1, count);
+    }
+  }
+}
+
+std::vector<YAML::Node> checked_size(std::vector<YAML::Node> docs, const std::string& what) {
+  size_t count = 0;
+  for (const auto& d : docs)
+    check_yaml_size(d, what, 0, count);
+  return docs;
+}
+
 }  // namespace
 
 std::vector<YAML::Node> load_yaml_all(const std::string& text, const std::string& what,
                                       double deadline_s) {
 #ifdef MMFL_YAML_INLINE
   // The fuzzer parses inline, so that a parser that loops is its timeout, on the input that did it.
-  (void)what, (void)deadline_s;
-  return YAML::LoadAll(text);
+  (void)deadline_s;
+  return checked_size(YAML::LoadAll(text), what);
 #else
   auto task = std::make_shared<std::packaged_task<std::vector<YAML::Node>()> >(
       [text] { return YAML::LoadAll(text); });
@@ -618,7 +651,7 @@ std::vector<YAML::Node> load_yaml_all(const std::string& text, const std::string
       ": the YAML parser did not finish within ", deadline_s,
       " s: yaml-cpp 0.7 loops forever on some malformed YAML, such as a ',' before a "
       "closing '}' or ']' outside a '{...}' or '[...]'; check the syntax there");
-  return result.get();
+  return checked_size(result.get(), what);
 #endif
 }
 

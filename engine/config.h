@@ -180,7 +180,9 @@ struct Config {
 // (a ',' before a closing '}' or ']' outside a flow collection; fuzz/findings/config-yaml-cpp-hang)
 // and allocates about 400 MB/s while it loops. The parse runs on a helper thread; past
 // `deadline_s` this throws an Error naming `what` and leaves that thread behind (the CLI exits
-// right after). YAML syntax errors propagate as YAML::Exception.
+// right after). YAML syntax errors propagate as YAML::Exception. A tree of more than 100,000 values
+// (each use of an alias counting its anchor's values again) or nested more than 64 levels is
+// refused with an Error naming `what`, before anything walks it.
 std::vector<YAML::Node> load_yaml_all(const std::string& text, const std::string& what,
                                       double deadline_s = 1.0);
 

@@ -75,6 +75,24 @@ TEST(Config, UnknownKeyNamesKeyAndAllowed) {
   EXPECT_NE(top.find("rounds"), std::string::npos) << top;
 }
 
+// Aliases are YAML and work; a tree that aliases expand past 100,000 values, or nested deeper than
+// 64 levels, is refused before anything walks it (a walk over 10^10 values does not end).
+TEST(Config, AliasesWorkButTheirExpansionIsBounded) {
+  const auto cfg = engine::parse_config_text("seed: &s 7\nrounds: *s\n");
+  EXPECT_EQ(cfg.rounds, 7);
+  std::string laughs = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n";
+  for (int i = 1; i < 6; ++i) {
+    laughs += "a" + std::to_string(i) + ": &a" + std::to_string(i) + " [";
+    for (int j = 0; j < 10; ++j)
+      laughs += (j ? ", *a" : "*a") + std::to_string(i - 1);
+    laughs += "]\n";
+  }
+  auto msg = error_of(laughs);
+  EXPECT_NE(msg.find("config holds more than 100000 YAML values"), std::string::npos) << msg;
+  msg = error_of("name: x\n", {"train.lr=" + std::string(70, '[') + std::string(70, ']')});
+  EXPECT_NE(msg.find("nests YAML collections more than 64 levels deep"), std::string::npos) << msg;
+}
+
 TEST(Config, WrongTypeNamesPathAndValue) {
   const auto msg = error_of("train:\n  batch_size: lots\n");
   EXPECT_EQ(msg, "config key 'train.batch_size': expected an integer, got 'lots'");
