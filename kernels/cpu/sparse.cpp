@@ -109,6 +109,25 @@ __attribute__((target("arch=x86-64-v4"))) int64_t collect_avx512(const float* ro
   return collect_scalar(row, j, end, t, c, m);
 }
 
+// The first min(16, left) lanes.
+inline __mmask16 lanes(int64_t left) {
+  return left >= 16 ? __mmask16(0xffff) : __mmask16((1u << static_cast<unsigned>(left)) - 1);
+}
+
+// Of 16 entries in index order, the sent ones: keys above kv, and the lowest-indexed of those equal
+// to it while `ties` lasts (decremented by each one taken).
+__attribute__((target("arch=x86-64-v4"))) inline __mmask16 taken_lanes(__m512i key, __m512i kv,
+                                                                       __mmask16 valid,
+                                                                       int64_t& ties) {
+  __mmask16 take = _mm512_mask_cmpgt_epu32_mask(valid, key, kv);
+  unsigned eq = _mm512_mask_cmpeq_epu32_mask(valid, key, kv);
+  for (; eq != 0 && ties > 0; --ties) {
+    take |= static_cast<__mmask16>(eq & (~eq + 1));  // the lowest tied lane
+    eq &= eq - 1;
+  }
+  return take;
+}
+
 // Packs the taken candidates in order and zeroes them in res (unless null): every key above kth,
 // and the first
 // `ties` keys equal to it (the lowest-indexed: the candidates are in index order). 16 candidates
@@ -121,16 +140,10 @@ __attribute__((target("arch=x86-64-v4"))) int64_t pack_avx512(const Candidates& 
   const __m512i kv = _mm512_set1_epi32(static_cast<int32_t>(kth));
   int64_t o = 0;
   for (int64_t i = 0; i < m; i += 16) {
-    const __mmask16 valid =
-        m - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << static_cast<unsigned>(m - i)) - 1);
+    const __mmask16 valid = lanes(m - i);
     const __m512i val = _mm512_maskz_loadu_epi32(valid, c.val + i);
     const __m512i key = _mm512_and_si512(val, _mm512_set1_epi32(0x7fffffff));
-    __mmask16 take = _mm512_mask_cmpgt_epu32_mask(valid, key, kv);
-    unsigned eq = _mm512_mask_cmpeq_epu32_mask(valid, key, kv);
-    for (; eq != 0 && ties > 0; --ties) {
-      take |= static_cast<__mmask16>(eq & (~eq + 1));  // the lowest tied lane
-      eq &= eq - 1;
-    }
+    const __mmask16 take = taken_lanes(key, kv, valid, ties);
     const __m512i idx = _mm512_maskz_loadu_epi32(valid, c.idx + i);
     _mm512_mask_compressstoreu_epi32(indices + o, take, idx);
     if (res != nullptr)  // sent: out of the residual
@@ -152,16 +165,10 @@ __attribute__((target("arch=x86-64-v4"))) void write_residual_avx512(const float
   const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
   const bool aligned = reinterpret_cast<uintptr_t>(res) % 64 == 0;
   for (int64_t j = 0; j < n; j += 16) {
-    const __mmask16 valid =
-        n - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << static_cast<unsigned>(n - j)) - 1);
+    const __mmask16 valid = lanes(n - j);
     const __m512 v = _mm512_maskz_loadu_ps(valid, row + j);
     const __m512i key = _mm512_and_si512(_mm512_castps_si512(v), abs_mask);
-    __mmask16 take = _mm512_cmpgt_epu32_mask(key, kv);
-    unsigned eq = _mm512_mask_cmpeq_epu32_mask(valid, key, kv);
-    for (; eq != 0 && ties > 0; --ties) {
-      take |= static_cast<__mmask16>(eq & (~eq + 1));
-      eq &= eq - 1;
-    }
+    const __mmask16 take = taken_lanes(key, kv, valid, ties);
     const __m512 out = _mm512_mask_mov_ps(v, take, _mm512_setzero_ps());
     if (aligned && valid == 0xffff) {
       _mm512_stream_ps(res + j, out);
@@ -182,7 +189,7 @@ __attribute__((target("arch=x86-64-v4"))) int64_t count_ge_avx512(const uint32_t
     const __m512i key = _mm512_and_si512(_mm512_loadu_si512(data + i), abs_mask);
     count += __builtin_popcount(static_cast<unsigned>(_mm512_cmpge_epu32_mask(key, xv)));
   }
-  const __mmask16 tail = static_cast<__mmask16>((1u << static_cast<unsigned>(m - i)) - 1);
+  const __mmask16 tail = lanes(m - i);
   const __m512i key = _mm512_and_si512(_mm512_maskz_loadu_epi32(tail, data + i), abs_mask);
   return count +
          __builtin_popcount(static_cast<unsigned>(_mm512_mask_cmpge_epu32_mask(tail, key, xv)));
@@ -202,8 +209,7 @@ __attribute__((target("arch=x86-64-v4"))) uint32_t select_avx512(const uint32_t*
   const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
   __m512i top = _mm512_setzero_si512();
   for (int64_t i = 0; i < m; i += 16) {
-    const __mmask16 valid =
-        m - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << static_cast<unsigned>(m - i)) - 1);
+    const __mmask16 valid = lanes(m - i);
     top = _mm512_max_epu32(top,
                            _mm512_and_si512(_mm512_maskz_loadu_epi32(valid, data + i), abs_mask));
   }
@@ -229,8 +235,7 @@ __attribute__((target("arch=x86-64-v4"))) uint32_t select_avx512(const uint32_t*
   const __m512i hiv = _mm512_set1_epi32(static_cast<int32_t>(hi - 1));  // hi - 1 < 2^31
   int64_t len = 0;
   for (int64_t i = 0; i < m; i += 16) {
-    const __mmask16 valid =
-        m - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << static_cast<unsigned>(m - i)) - 1);
+    const __mmask16 valid = lanes(m - i);
     const __m512i key = _mm512_and_si512(_mm512_maskz_loadu_epi32(valid, data + i), abs_mask);
     const __mmask16 in =
         _mm512_mask_cmple_epu32_mask(_mm512_mask_cmpge_epu32_mask(valid, key, lov), key, hiv);
