@@ -1,12 +1,8 @@
 #include "fusion/ops/aggregate.h"
 
 #include "fusion/ops/cpu_context.h"
+#include "fusion/ops/device.h"
 #include "mmfl/error.h"
-
-#ifdef MMFL_HAVE_CUDA
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#endif
 
 namespace mmfl::fusion::ops {
 
@@ -47,11 +43,10 @@ torch::Tensor weighted_sum(const torch::Tensor& updates_in, const torch::Tensor&
 #ifdef MMFL_HAVE_CUDA
   const c10::cuda::CUDAGuard guard(updates.device());
   kernels::cuda::weighted_sum(updates.data_ptr<float>(), weights.data_ptr<float>(), k, n,
-                              out.data_ptr<float>(), acc,
-                              c10::cuda::getCurrentCUDAStream().stream());
+                              out.data_ptr<float>(), acc, stream_of(updates));
   return out;
 #else
-  MMFL_FAIL("weighted_sum: a CUDA tensor was given but mmfl was built without CUDA");
+  no_cuda("weighted_sum");
 #endif
 }
 
@@ -75,12 +70,12 @@ FiniteSum weighted_sum_finite(const torch::Tensor& updates_in, const torch::Tens
   const c10::cuda::CUDAGuard guard(updates.device());
   kernels::cuda::weighted_sum_finite(updates.data_ptr<float>(), weights.data_ptr<float>(), k, n,
                                      r.out.data_ptr<float>(), bad.data_ptr<uint8_t>(), acc,
-                                     c10::cuda::getCurrentCUDAStream().stream());
+                                     stream_of(updates));
   r.bad = bad.to(torch::kBool);
   r.skipped = r.bad.sum().item<int64_t>();  // one sync per aggregation, K bytes
   return r;
 #else
-  MMFL_FAIL("weighted_sum_finite: a CUDA tensor was given but mmfl was built without CUDA");
+  no_cuda("weighted_sum_finite");
 #endif
 }
 

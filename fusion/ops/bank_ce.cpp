@@ -3,12 +3,8 @@
 #include <torch/autograd.h>
 
 #include "fusion/ops/cpu_context.h"
+#include "fusion/ops/device.h"
 #include "mmfl/error.h"
-
-#ifdef MMFL_HAVE_CUDA
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#endif
 
 namespace mmfl::fusion::ops {
 
@@ -16,16 +12,6 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
-
-#ifdef MMFL_HAVE_CUDA
-cudaStream_t stream_of(const torch::Tensor& t) {
-  return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
-}
-#endif
-
-[[noreturn]] void no_cuda(const char* op) {
-  MMFL_FAIL(op, ": a CUDA tensor was given but mmfl was built without CUDA");
-}
 
 class BankCrossEntropy : public torch::autograd::Function<BankCrossEntropy> {
  public:

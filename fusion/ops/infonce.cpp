@@ -3,13 +3,9 @@
 #include <torch/autograd.h>
 
 #include "fusion/ops/cpu_context.h"
+#include "fusion/ops/device.h"
 #include "mmfl/error.h"
 #include "mmfl/kernels/infonce.h"
-
-#ifdef MMFL_HAVE_CUDA
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#endif
 
 namespace mmfl::fusion::ops {
 
@@ -17,16 +13,6 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
-
-#ifdef MMFL_HAVE_CUDA
-cudaStream_t current_stream(const torch::Tensor& t) {
-  return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
-}
-#endif
-
-[[noreturn]] void no_cuda() {
-  MMFL_FAIL("infonce: a CUDA tensor was given but mmfl was built without CUDA");
-}
 
 class InfoNce : public torch::autograd::Function<InfoNce> {
  public:
@@ -51,9 +37,9 @@ class InfoNce : public torch::autograd::Function<InfoNce> {
       kernels::cuda::infonce_forward(img.data_ptr<float>(), txt.data_ptr<float>(), n, d,
                                      tau.data_ptr<float>(), loss.data_ptr<float>(),
                                      lse_img.data_ptr<float>(), lse_txt.data_ptr<float>(),
-                                     precision, current_stream(img));
+                                     precision, stream_of(img));
 #else
-      no_cuda();
+      no_cuda("infonce");
 #endif
     }
     ctx->save_for_backward({img, txt, tau, lse_img, lse_txt});
@@ -83,10 +69,9 @@ class InfoNce : public torch::autograd::Function<InfoNce> {
           img.data_ptr<float>(), txt.data_ptr<float>(), n, d, tau.data_ptr<float>(),
           lse_img.data_ptr<float>(), lse_txt.data_ptr<float>(), grad_loss.data_ptr<float>(),
           grad_img.data_ptr<float>(), grad_txt.data_ptr<float>(), grad_tau.data_ptr<float>(),
-          static_cast<kernels::Precision>(ctx->saved_data["precision"].toInt()),
-          current_stream(img));
+          static_cast<kernels::Precision>(ctx->saved_data["precision"].toInt()), stream_of(img));
 #else
-      no_cuda();
+      no_cuda("infonce");
 #endif
     }
     const auto tau_shape = ctx->saved_data["tau_shape"].toIntVector();

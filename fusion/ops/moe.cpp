@@ -15,13 +15,9 @@
 #include <tuple>
 
 #include "fusion/ops/cpu_context.h"
+#include "fusion/ops/device.h"
 #include "mmfl/error.h"
 #include "mmfl/kernels/moe.h"
-
-#ifdef MMFL_HAVE_CUDA
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#endif
 
 namespace mmfl::fusion::ops {
 
@@ -29,16 +25,6 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
-
-#ifdef MMFL_HAVE_CUDA
-cudaStream_t current_stream(const torch::Tensor& t) {
-  return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
-}
-#endif
-
-[[noreturn]] void no_cuda(const char* op) {
-  MMFL_FAIL(op, ": a CUDA tensor was given but mmfl was built without CUDA");
-}
 
 const int64_t* i64(const torch::Tensor& t) {
   return t.data_ptr<int64_t>();
@@ -172,7 +158,7 @@ class MoeFfn : public torch::autograd::Function<MoeFfn> {
     } else {
 #ifdef MMFL_HAVE_CUDA
       const c10::cuda::CUDAGuard guard(x.device());
-      const cudaStream_t st = current_stream(x);
+      const cudaStream_t st = stream_of(x);
       offsets = offsets_host.to(x.device());
       kernels::cuda::moe_token_slots(i64(order), s.slots, s.tokens, i64(token_offsets),
                                      i64(token_slots), st);
@@ -221,7 +207,7 @@ class MoeFfn : public torch::autograd::Function<MoeFfn> {
     } else {
 #ifdef MMFL_HAVE_CUDA
       const c10::cuda::CUDAGuard guard(gy.device());
-      const cudaStream_t st = current_stream(gy);
+      const cudaStream_t st = stream_of(gy);
       kernels::cuda::moe_experts_backward(
           i64(order), i64(offsets), f32(gate), f32(w1), f32(w2), s, f32(x_slots), f32(pre),
           f32(act), f32(out), f32(gy), f32(grad_gate), f32(g_out), f32(grad_pre),
@@ -256,7 +242,7 @@ MoeRouting route_expert_choice(const torch::Tensor& logits, int64_t capacity) {
 #ifdef MMFL_HAVE_CUDA
     const c10::cuda::CUDAGuard guard(l.device());
     kernels::cuda::moe_route_expert_choice(f32(l), tokens, experts, capacity, i64(r.order),
-                                           i64(gate_index), current_stream(l));
+                                           i64(gate_index), stream_of(l));
 #else
     no_cuda("route_expert_choice");
 #endif
@@ -288,7 +274,7 @@ MoeRouting route_token_choice(const torch::Tensor& logits, int64_t k) {
 #ifdef MMFL_HAVE_CUDA
       const c10::cuda::CUDAGuard guard(l.device());
       kernels::cuda::moe_route_token_choice(f32(l), tokens, experts, k, i64(r.order),
-                                            i64(gate_index), i64(offsets), current_stream(l));
+                                            i64(gate_index), i64(offsets), stream_of(l));
 #else
       no_cuda("route_token_choice");
 #endif

@@ -7,13 +7,9 @@
 #include <cmath>
 
 #include "fusion/ops/cpu_context.h"
+#include "fusion/ops/device.h"
 #include "mmfl/error.h"
 #include "mmfl/kernels/multi_lora.h"
-
-#ifdef MMFL_HAVE_CUDA
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#endif
 
 namespace mmfl::fusion::ops {
 
@@ -21,16 +17,6 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
-
-#ifdef MMFL_HAVE_CUDA
-cudaStream_t current_stream(const torch::Tensor& t) {
-  return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
-}
-#endif
-
-[[noreturn]] void no_cuda() {
-  MMFL_FAIL("multi_lora_linear: a CUDA tensor was given but mmfl was built without CUDA");
-}
 
 kernels::MultiLoraShape shape_of(const torch::Tensor& x, const torch::Tensor& A,
                                  const torch::Tensor& B) {
@@ -69,9 +55,9 @@ class MultiLora : public torch::autograd::Function<MultiLora> {
       kernels::cuda::multi_lora_forward(x.data_ptr<float>(), A.data_ptr<float>(),
                                         B.data_ptr<float>(), offsets.data_ptr<int64_t>(), s,
                                         static_cast<float>(scale), h.data_ptr<float>(),
-                                        y.data_ptr<float>(), current_stream(x));
+                                        y.data_ptr<float>(), stream_of(x));
 #else
-      no_cuda();
+      no_cuda("multi_lora_linear");
 #endif
     }
     ctx->save_for_backward({x, weight, A, B, h, offsets});
@@ -100,13 +86,12 @@ class MultiLora : public torch::autograd::Function<MultiLora> {
     } else {
 #ifdef MMFL_HAVE_CUDA
       const c10::cuda::CUDAGuard guard(x.device());
-      kernels::cuda::multi_lora_backward(x.data_ptr<float>(), A.data_ptr<float>(),
-                                         B.data_ptr<float>(), offsets.data_ptr<int64_t>(), s, scale,
-                                         h.data_ptr<float>(), gy.data_ptr<float>(),
-                                         g.data_ptr<float>(), gx_ptr, gA.data_ptr<float>(),
-                                         gB.data_ptr<float>(), current_stream(x));
+      kernels::cuda::multi_lora_backward(
+          x.data_ptr<float>(), A.data_ptr<float>(), B.data_ptr<float>(),
+          offsets.data_ptr<int64_t>(), s, scale, h.data_ptr<float>(), gy.data_ptr<float>(),
+          g.data_ptr<float>(), gx_ptr, gA.data_ptr<float>(), gB.data_ptr<float>(), stream_of(x));
 #else
-      no_cuda();
+      no_cuda("multi_lora_linear");
 #endif
     }
     return {gx, torch::Tensor(), torch::Tensor(), gA, gB, torch::Tensor(), torch::Tensor()};

@@ -3,13 +3,9 @@
 #include <cmath>
 
 #include "fusion/ops/cpu_context.h"
+#include "fusion/ops/device.h"
 #include "mmfl/error.h"
 #include "mmfl/kernels/sparse.h"
-
-#ifdef MMFL_HAVE_CUDA
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#endif
 
 namespace mmfl::fusion::ops {
 
@@ -39,10 +35,10 @@ TopkPacked topk_by_magnitude(const torch::Tensor& x_in, int64_t k) {
   const c10::cuda::CUDAGuard guard(x.device());
   kernels::cuda::topk_by_magnitude(x.data_ptr<float>(), rows, n, k, r.indices.data_ptr<int32_t>(),
                                    r.values.data_ptr<float>(), r.residual.data_ptr<float>(),
-                                   c10::cuda::getCurrentCUDAStream().stream());
+                                   stream_of(x));
   return r;
 #else
-  MMFL_FAIL("topk_by_magnitude: a CUDA tensor was given but mmfl was built without CUDA");
+  no_cuda("topk_by_magnitude");
 #endif
 }
 
@@ -100,11 +96,10 @@ torch::Tensor sparse_weighted_sum(const torch::Tensor& indices_in, const torch::
   }
   kernels::cuda::sparse_weighted_sum(indices.data_ptr<int32_t>(), values.data_ptr<float>(),
                                      weights.data_ptr<float>(), rows, k, n, out.data_ptr<float>(),
-                                     kernels::Accumulator::kFloat64,
-                                     c10::cuda::getCurrentCUDAStream().stream());
+                                     kernels::Accumulator::kFloat64, stream_of(indices));
   return out;
 #else
-  MMFL_FAIL(fn, ": a CUDA tensor was given but mmfl was built without CUDA");
+  no_cuda(fn);
 #endif
 }
 
