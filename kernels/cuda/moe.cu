@@ -1,5 +1,5 @@
 // MoE on the GPU. Routers: expert choice is one block per expert, a radix select over the logits'
-// order-preserving bits then one ordered pass that packs the chosen tokens (as sparse.cu's top-k);
+// order-preserving bits then one ordered pass that packs the chosen tokens (block_select.cuh);
 // token choice is a thread per token for its top k, then one block per expert packing its tokens
 // in order. The permutation token -> slots: a CUB radix sort of (token, slot) pairs on the GPU, a
 // counting sort on the emulator. The experts: one grouped-GEMM launch per product, each 64 x 64
@@ -11,6 +11,7 @@
 #include <cstdio>
 
 #include "../common/moe_checks.h"
+#include "block_select.cuh"
 #include "common.cuh"
 #include "mmfl/kernels/launch.h"
 #include "mmfl/kernels/moe.h"
@@ -20,8 +21,6 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kDigitBits = 8;
-constexpr int kBins = 1 << kDigitBits;
 constexpr int64_t kMaxBlocks = 65535;
 
 unsigned blocks_for(int64_t items, int threads = kThreads) {
@@ -59,7 +58,7 @@ __device__ __forceinline__ uint32_t order_key(float v) {
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-// ---- Routers ------------------------------------------------------------------------------------
+// ---- Routers
 
 // Expert blockIdx.x: its `capacity` largest logits (ties to the lower token), packed in token
 // order.
@@ -67,67 +66,26 @@ __global__ void __launch_bounds__(kThreads)
     expert_choice_kernel(const float* __restrict__ logits, int64_t tokens, int64_t experts,
                          int64_t capacity, int64_t* __restrict__ order,
                          int64_t* __restrict__ gate_index) {
-  __shared__ unsigned hist[kBins];
-  __shared__ unsigned warp_eq[kWarps];
-  __shared__ unsigned warp_take[kWarps];
-  __shared__ unsigned s_bin;
-  __shared__ unsigned long long s_above;
+  __shared__ detail::BlockSelectShared sh;
   const int64_t e = blockIdx.x;
-  const int tid = threadIdx.x;
-  // Radix select, most significant digit first (see sparse.cu's top-k).
-  uint32_t prefix = 0, mask = 0;
-  int64_t remaining = capacity;
-  for (int shift = 32 - kDigitBits; shift >= 0; shift -= kDigitBits) {
-    for (int b = tid; b < kBins; b += blockDim.x)
-      hist[b] = 0;
-    __syncthreads();
-    for (int64_t t = tid; t < tokens; t += blockDim.x) {
-      const uint32_t key = order_key(logits[t * experts + e]);
-      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & (kBins - 1)], 1u);
-    }
-    __syncthreads();
-    if (tid == 0) {
-      unsigned long long above = 0;
-      int b = kBins - 1;
-      for (; b > 0; --b) {
-        if (above + hist[b] >= static_cast<unsigned long long>(remaining)) break;
-        above += hist[b];
-      }
-      s_bin = static_cast<unsigned>(b);
-      s_above = above;
-    }
-    __syncthreads();
-    prefix |= s_bin << shift;
-    mask |= static_cast<uint32_t>(kBins - 1) << shift;
-    remaining -= static_cast<int64_t>(s_above);
-  }
-  const uint32_t kth = prefix;
-  const int64_t ties = remaining;
-  // Ordered pack, one tile of kThreads tokens at a time (two barriers per tile, as in sparse.cu).
-  int64_t eq_before = 0, taken_before = 0;
+  auto load = [&](int64_t t) { return logits[t * experts + e]; };
+  const detail::Selected s = detail::block_select(
+      tokens, capacity, [&](int64_t t) { return order_key(load(t)); }, sh);
   int64_t* out_order = order + e * capacity;
   int64_t* out_gate = gate_index + e * capacity;
-  for (int64_t base = 0; base < tokens; base += kThreads) {
-    const int64_t t = base + tid;
-    const bool valid = t < tokens;
-    const uint32_t key = valid ? order_key(logits[t * experts + e]) : 0u;
-    const bool gt = valid && key > kth;
-    const bool eq = valid && key == kth;
-    int64_t tile_eq = 0, tile_take = 0;
-    const int64_t eq_rank = eq_before + detail::block_flag_rank(eq, warp_eq, &tile_eq);
-    const bool take = gt || (eq && eq_rank < ties);
-    const int64_t pos = taken_before + detail::block_flag_rank(take, warp_take, &tile_take);
-    if (take) {
-      out_order[pos] = t;
-      out_gate[pos] = t * experts + e;
-    }
-    eq_before += tile_eq;
-    taken_before += tile_take;
-  }
+  detail::block_pack(
+      tokens, true, s, load, [](float v) { return order_key(v); },
+      [&](int64_t t, float, bool take, int64_t pos) {
+        if (take) {
+          out_order[pos] = t;
+          out_gate[pos] = t * experts + e;
+        }
+      },
+      sh);
 }
 
-// Token t's top k experts in rank order: pick[t k + j]. k selection passes over the E logits (E is
-// a handful), each taking the best that ranks after the previous pick.
+// Token t's top k experts in rank order: pick[t k + j]. k selection passes over the E logits (E
+// is a handful), each taking the best that ranks after the previous pick.
 __global__ void token_topk_kernel(const float* __restrict__ logits, int64_t tokens, int64_t experts,
                                   int64_t k, int32_t* __restrict__ pick) {
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;

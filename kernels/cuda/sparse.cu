@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "../common/sparse_checks.h"
+#include "block_select.cuh"
 #include "common.cuh"
 #include "mmfl/kernels/launch.h"
 #include "mmfl/kernels/sparse.h"
@@ -16,9 +17,6 @@ namespace mmfl::kernels::MMFL_KERNEL_NS {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
-constexpr int kDigitBits = 8;
-constexpr int kBins = 1 << kDigitBits;
 // Output values a block sums at once: 8 per thread, 16 KiB of fp64 sums in shared memory.
 constexpr int64_t kSumRange = int64_t(kThreads) * 8;
 constexpr int64_t kMaxBlocks = 65535;
@@ -35,77 +33,28 @@ __global__ void __launch_bounds__(kThreads)
                 int32_t* __restrict__ indices,  // [rows, k]
                 float* __restrict__ values,     // [rows, k]
                 float* residual) {              // [rows, n], may be x
-  __shared__ unsigned hist[kBins];
-  __shared__ unsigned warp_eq[kWarps];
-  __shared__ unsigned warp_take[kWarps];
-  __shared__ unsigned s_bin;
-  __shared__ unsigned long long s_above;
+  __shared__ detail::BlockSelectShared sh;
   const int64_t c = blockIdx.x;
   const float* row = x + c * n;
   float* res = residual + c * n;
   int32_t* out_idx = indices + c * k;
   float* out_val = values + c * k;
   const bool in_place = res == row;
-  const int tid = threadIdx.x;
-
-  // Radix select, most significant digit first: `prefix` holds the digits of the k-th largest key
-  // found so far, `remaining` how many of the keys sharing them are still to be sent.
-  uint32_t prefix = 0, mask = 0;
-  int64_t remaining = k;
-  if (k > 0) {
-    for (int shift = 32 - kDigitBits; shift >= 0; shift -= kDigitBits) {
-      for (int b = tid; b < kBins; b += blockDim.x)
-        hist[b] = 0;
-      __syncthreads();
-      for (int64_t j = tid; j < n; j += blockDim.x) {
-        const uint32_t key = magnitude_key(row[j]);
-        if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & (kBins - 1)], 1u);
-      }
-      __syncthreads();
-      if (tid == 0) {
-        // The digit holding the remaining-th largest key: bins above it hold fewer than needed.
-        unsigned long long above = 0;
-        int b = kBins - 1;
-        for (; b > 0; --b) {
-          if (above + hist[b] >= static_cast<unsigned long long>(remaining)) break;
-          above += hist[b];
+  // The k-th largest magnitude and how many entries equal to it are sent (the lowest-indexed);
+  // then one ordered pass packs the sent entries and writes the residual.
+  const detail::Selected s = k > 0 ? detail::block_select(
+                                         n, k, [&](int64_t j) { return magnitude_key(row[j]); }, sh)
+                                   : detail::Selected{0, 0};
+  detail::block_pack(
+      n, k > 0, s, [&](int64_t j) { return row[j]; }, [](float v) { return magnitude_key(v); },
+      [&](int64_t j, float v, bool take, int64_t pos) {
+        if (take) {
+          out_idx[pos] = static_cast<int32_t>(j);
+          out_val[pos] = v;
         }
-        s_bin = static_cast<unsigned>(b);
-        s_above = above;
-      }
-      __syncthreads();
-      prefix |= s_bin << shift;
-      mask |= static_cast<uint32_t>(kBins - 1) << shift;
-      remaining -= static_cast<int64_t>(s_above);
-      // s_bin and s_above are rewritten only after two more barriers: no third one needed.
-    }
-  }
-  const uint32_t kth = prefix;     // the k-th largest key
-  const int64_t ties = remaining;  // entries equal to it that are sent (the lowest-indexed)
-
-  // Ordered pack, one tile of kThreads entries at a time. warp_eq is read between this tile's
-  // first and second barrier and written before the next tile's first; warp_take is read after the
-  // second barrier and written after the next tile's first: two barriers per tile suffice.
-  int64_t eq_before = 0, taken_before = 0;
-  for (int64_t base = 0; base < n; base += kThreads) {
-    const int64_t j = base + tid;
-    const bool valid = j < n;
-    const float v = valid ? row[j] : 0.0f;
-    const uint32_t key = magnitude_key(v);
-    const bool gt = valid && k > 0 && key > kth;
-    const bool eq = valid && k > 0 && key == kth;
-    int64_t tile_eq = 0, tile_take = 0;
-    const int64_t eq_rank = eq_before + detail::block_flag_rank(eq, warp_eq, &tile_eq);
-    const bool take = gt || (eq && eq_rank < ties);
-    const int64_t pos = taken_before + detail::block_flag_rank(take, warp_take, &tile_take);
-    if (take) {
-      out_idx[pos] = static_cast<int32_t>(j);
-      out_val[pos] = v;
-    }
-    if (valid && (take || !in_place)) res[j] = take ? 0.0f : v;
-    eq_before += tile_eq;
-    taken_before += tile_take;
-  }
+        if (take || !in_place) res[j] = take ? 0.0f : v;
+      },
+      sh);
 }
 
 // First position in idx[0, k) (ascending) whose value is >= target.
