@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 
 #include "mmfl/error.h"
@@ -30,18 +31,25 @@ std::string hex_byte(uint8_t b) {
   return buf;
 }
 
-// Sequential reader over a raw or gzip file (gzread passes raw files through), which never
+// Sequential reader over a raw or a gzip file (told apart by the gzip magic 1f 8b), which never
 // inflates more than it is asked for: a small gzip that expands to gigabytes costs nothing
-// beyond the bytes the header's dimensions need.
+// beyond the bytes the header's dimensions need. gzip data is inflated here rather than through
+// gzread, which ignores bytes after the last gzip member and reports a damaged stream at the end
+// of its own read-ahead instead of where the damage is. Members one after another (`cat a.gz
+// b.gz`) are one stream, as gzip -d reads them.
 class IdxStream {
  public:
   explicit IdxStream(const std::string& path) : path_(path) {
     check_regular_file(path, kMaxIdxBytes, "IDX file");
-    f_ = gzopen(path.c_str(), "rb");
-    MMFL_CHECK(f_ != nullptr, "cannot open IDX file '", path, "'");
+    file_ = std::fopen(path.c_str(), "rb");
+    MMFL_CHECK(file_ != nullptr, "cannot open IDX file '", path, "'");
+    fill();
+    gzip_ = z_.avail_in >= 2 && in_[0] == 0x1f && in_[1] == 0x8b;
+    if (gzip_) MMFL_CHECK(inflateInit2(&z_, 16 + MAX_WBITS) == Z_OK, "zlib: inflateInit2 failed");
   }
   ~IdxStream() {
-    if (f_) gzclose(f_);
+    if (gzip_) inflateEnd(&z_);
+    if (file_) std::fclose(file_);
   }
   IdxStream(const IdxStream&) = delete;
   IdxStream& operator=(const IdxStream&) = delete;
@@ -49,17 +57,40 @@ class IdxStream {
   // Reads up to `n` bytes into `out`; returns how many (fewer only at the end of the data).
   size_t read(uint8_t* out, size_t n) {
     size_t got = 0;
-    while (got < n) {
-      const unsigned ask = unsigned(std::min<size_t>(n - got, size_t(1) << 30));
-      const int r = gzread(f_, out + got, ask);
-      if (r < 0) {
-        int err = 0;
-        const char* msg = gzerror(f_, &err);
-        MMFL_FAIL("IDX file '", path_, "': corrupt gzip stream at decompressed byte offset ",
-                  offset_ + got, ": ", msg);
+    while (got < n && !(z_.avail_in == 0 && fill() == 0 && (!gzip_ || ended_))) {
+      if (!gzip_) {
+        const size_t k = std::min<size_t>(n - got, z_.avail_in);
+        std::copy_n(z_.next_in, k, out + got);
+        z_.next_in += k;
+        z_.avail_in -= unsigned(k);
+        got += k;
+        continue;
       }
-      if (r == 0) break;
-      got += size_t(r);
+      if (ended_) {  // the end of a member: another follows, or nothing may
+        if (z_.avail_in < 2) fill();
+        MMFL_CHECK(z_.avail_in >= 2 && z_.next_in[0] == 0x1f && z_.next_in[1] == 0x8b, "IDX file '",
+                   path_, "': ", z_.avail_in + remaining_bytes(),
+                   " trailing bytes after the gzip data, from byte offset ", compressed_offset(),
+                   " of the file (not a gzip member); the file is damaged");
+        MMFL_CHECK(inflateReset(&z_) == Z_OK, "zlib: inflateReset failed");
+        ended_ = false;
+      }
+      MMFL_CHECK(z_.avail_in > 0, "IDX file '", path_,
+                 "': the gzip data ends before its end marker, at decompressed byte offset ",
+                 offset_ + got, " (byte offset ", compressed_offset(),
+                 " of the file); the file is truncated");
+      const unsigned ask = unsigned(std::min<size_t>(n - got, size_t(1) << 30));
+      z_.next_out = out + got;
+      z_.avail_out = ask;
+      const int r = inflate(&z_, Z_NO_FLUSH);
+      got += ask - z_.avail_out;
+      if (r == Z_STREAM_END) {
+        ended_ = true;
+      } else if (r != Z_OK && r != Z_BUF_ERROR) {
+        MMFL_FAIL("IDX file '", path_, "': corrupt gzip data near byte offset ",
+                  compressed_offset(), " of the file (decompressed byte offset ", offset_ + got,
+                  "): ", z_.msg ? z_.msg : "zlib error " + std::to_string(r));
+      }
     }
     offset_ += got;
     return got;
@@ -67,9 +98,32 @@ class IdxStream {
   uint64_t offset() const { return offset_; }
 
  private:
+  // Moves what is left of the input buffer to its front and reads more of the file after it;
+  // returns the number of bytes read.
+  size_t fill() {
+    std::memmove(in_, z_.next_in ? z_.next_in : in_, z_.avail_in);
+    const size_t r = std::fread(in_ + z_.avail_in, 1, sizeof(in_) - z_.avail_in, file_);
+    MMFL_CHECK(!std::ferror(file_), "cannot read IDX file '", path_, "'");
+    z_.next_in = in_;
+    z_.avail_in += unsigned(r);
+    read_ += r;
+    return r;
+  }
+  uint64_t compressed_offset() const { return read_ - z_.avail_in; }
+  uint64_t remaining_bytes() const {
+    std::error_code ec;
+    const auto size = std::filesystem::file_size(path_, ec);
+    return ec || size < read_ ? 0 : size - read_;
+  }
+
   std::string path_;
-  gzFile f_ = nullptr;
-  uint64_t offset_ = 0;
+  std::FILE* file_ = nullptr;
+  bool gzip_ = false;
+  bool ended_ = false;  // inflate reached the end of a gzip member
+  z_stream z_{};
+  uint8_t in_[1 << 16];
+  uint64_t read_ = 0;    // bytes read from the file
+  uint64_t offset_ = 0;  // bytes returned by read()
 };
 
 uint32_t be32(const uint8_t* b) {

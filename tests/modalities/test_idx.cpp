@@ -212,5 +212,38 @@ TEST_F(IdxTest, MessagesNameDirectoriesAndUseHex) {
   EXPECT_NE(type.find("byte offset 2 is 0x0d"), std::string::npos) << type;
 }
 
+// gzip files are inflated by mmfl itself: bytes after the last member are an error naming where
+// they start (gzread ignored them), a member cut short is called truncated, damage inside the
+// deflate data is reported near where it is, and members one after another are one stream.
+TEST_F(IdxTest, GzipTrailingBytesTruncationAndDamageAreRefused) {
+  const auto b = idx_bytes({40, 30, 30});
+  const std::string good = write("good.gz", b, true);
+  std::ifstream in(good, std::ios::binary);
+  const std::string gz((std::istreambuf_iterator<char>(in)), {});
+  auto put = [&](const std::string& name, const std::string& bytes) {
+    const std::string p = (dir_ / name).string();
+    std::ofstream(p, std::ios::binary).write(bytes.data(), long(bytes.size()));
+    return p;
+  };
+  const auto trailing = error_of([&] { read_idx(put("trailing.gz", gz + "garbage!"), 3); });
+  EXPECT_NE(trailing.find("8 trailing bytes after the gzip data, from byte offset " +
+                          std::to_string(gz.size())),
+            std::string::npos)
+      << trailing;
+  const auto cut = error_of([&] { read_idx(put("cut.gz", gz.substr(0, gz.size() - 20)), 3); });
+  EXPECT_NE(cut.find("is truncated"), std::string::npos) << cut;
+  std::string flipped = gz;
+  flipped[flipped.size() - 6] ^= 0x5a;  // in the CRC-32 of the trailer
+  const auto crc = error_of([&] { read_idx(put("crc.gz", flipped), 3); });
+  EXPECT_NE(crc.find("corrupt gzip data near byte offset"), std::string::npos) << crc;
+  // The IDX bytes split over two members read as the raw file does.
+  const std::vector<uint8_t> first(b.begin(), b.begin() + 1000), second(b.begin() + 1000, b.end());
+  std::ifstream a(write("m1.gz", first, true), std::ios::binary),
+      c(write("m2.gz", second, true), std::ios::binary);
+  const std::string two = std::string((std::istreambuf_iterator<char>(a)), {}) +
+                          std::string((std::istreambuf_iterator<char>(c)), {});
+  EXPECT_EQ(read_idx(put("two.gz", two), 3).data, read_idx(write("raw", b), 3).data);
+}
+
 }  // namespace
 }  // namespace mmfl::modalities
