@@ -26,6 +26,7 @@ void save_checkpoint(const std::string& path, const Checkpoint& ckpt) {
   CheckpointLayout layout;
   layout.round = ckpt.round;
   layout.config_hash = ckpt.config_hash;
+  layout.vocab_hash = ckpt.vocab_hash;
   std::vector<torch::Tensor> flat;
   std::vector<const float*> data;
   for (const auto& [name, t] : ckpt.tensors) {  // std::map: ascending names, as the format wants
@@ -47,6 +48,7 @@ Checkpoint load_checkpoint(const std::string& path) {
   Checkpoint ck;
   ck.round = layout.round;
   ck.config_hash = layout.config_hash;
+  ck.vocab_hash = layout.vocab_hash;
   for (const auto& e : layout.tensors) {
     auto tensor = torch::empty({int64_t(e.numel)}, torch::kFloat32);
     std::memcpy(tensor.data_ptr<float>(), bytes.data() + e.offset, e.numel * 4);

@@ -14,6 +14,7 @@ namespace mmfl::engine {
 struct Checkpoint {
   int64_t round = 0;        // rounds completed
   std::string config_hash;  // of the resolved config, so a resume cannot mix experiments
+  std::string vocab_hash;   // of the run's vocab.txt (empty: not recorded)
   std::map<std::string, torch::Tensor> tensors;  // CPU fp32, 1-D
   // Shape each tensor had when saved (load_checkpoint fills it; save_checkpoint reads sizes()).
   std::map<std::string, std::vector<int64_t>> shapes;

@@ -62,6 +62,7 @@ std::string serialize_checkpoint(CheckpointLayout layout, const std::vector<cons
   nlohmann::json meta;
   meta["round"] = layout.round;
   meta["config_hash"] = layout.config_hash;
+  if (!layout.vocab_hash.empty()) meta["vocab_hash"] = layout.vocab_hash;
   meta["tensors"] = nlohmann::json::array();
   // Offsets depend on the header's length, which depends on the offsets' digits: relative
   // offsets in the header, made absolute by adding the data's start (stored as data_offset).
@@ -116,6 +117,7 @@ CheckpointLayout parse_checkpoint(const std::string& bytes, const std::string& p
                "' is corrupt: header at byte offset ", kFixed, " is not an object with 'tensors'");
     ck.round = meta.at("round").get<int64_t>();
     ck.config_hash = meta.at("config_hash").get<std::string>();
+    if (meta.contains("vocab_hash")) ck.vocab_hash = meta.at("vocab_hash").get<std::string>();
     MMFL_CHECK(ck.round >= 0, "checkpoint '", path, "' is corrupt: round ", ck.round);
     uint64_t expect = 0;  // relative offset the next tensor must start at
     for (const auto& t : meta.at("tensors")) {

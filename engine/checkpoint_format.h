@@ -20,6 +20,7 @@ struct CheckpointEntry {
 struct CheckpointLayout {
   int64_t round = 0;
   std::string config_hash;
+  std::string vocab_hash;                // optional in the header (absent: empty)
   std::vector<CheckpointEntry> tensors;  // ascending by name, contiguous, covering the data
 };
 

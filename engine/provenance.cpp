@@ -9,6 +9,7 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <sstream>
 
 #include "engine/checkpoint.h"
@@ -62,7 +63,18 @@ ProvenanceLog::ProvenanceLog(const std::string& run_dir, const std::string& devi
     try {
       doc_ = nlohmann::json::parse(ss.str());
     } catch (const nlohmann::json::exception&) {
-      doc_ = nlohmann::json::object();  // a damaged record is replaced, never fatal to the run
+      doc_ = nlohmann::json::object();
+    }
+    // A damaged record is never fatal to the run, and never silently dropped: it is kept beside
+    // the new one.
+    if (!doc_.is_object() || !doc_.contains("sessions") || !doc_["sessions"].is_array()) {
+      const std::string kept = path_ + ".damaged";
+      std::error_code ec;
+      fs::rename(path_, kept, ec);
+      std::cerr << "mmfl: warning: '" << path_
+                << "' is not a provenance record (edited or damaged); "
+                << (ec ? "it is replaced" : "kept as '" + kept + "'")
+                << ", and a new record starts with this session" << std::endl;
     }
   }
   if (!doc_.is_object() || !doc_.contains("sessions") || !doc_["sessions"].is_array())

@@ -4,7 +4,6 @@
 #include <torch/utils.h>
 
 #include <fcntl.h>
-#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -27,6 +26,7 @@
 #include "engine/checkpoint_format.h"
 #include "engine/comm/distribute.h"
 #include "engine/data.h"
+#include "engine/dir_lock.h"
 #include "engine/population.h"
 #include "engine/provenance.h"
 #include "engine/strategy.h"
@@ -45,43 +45,6 @@ volatile std::sig_atomic_t g_interrupted = 0;
 void on_stop_signal(int sig) {
   g_interrupted = sig;
 }
-
-// Holds an exclusive flock on <run dir>/.lock for the life of the process's work on the run, so
-// two processes never write one run directory; the holder's pid is written into the file.
-class RunLock {
- public:
-  explicit RunLock(const fs::path& dir) : path_((dir / ".lock").string()) {
-    fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (fd_ < 0) {
-      const int err = errno;
-      MMFL_FAIL("cannot create the lock file '", path_, "': ", std::strerror(err));
-    }
-    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
-      char buf[32] = {0};
-      const ssize_t n = ::pread(fd_, buf, sizeof(buf) - 1, 0);
-      ::close(fd_);
-      fd_ = -1;
-      const std::string pid = n > 0 ? std::string(buf, size_t(n)) : "unknown";
-      MMFL_FAIL("run directory '", dir.string(), "' is in use by process ",
-                pid.substr(0, pid.find('\n')), " (it holds '", path_,
-                "'); wait for it to finish or stop it first");
-    }
-    const std::string me = std::to_string(::getpid()) + "\n";
-    if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, me.data(), me.size(), 0) != ssize_t(me.size())) {
-      const int err = errno;
-      MMFL_FAIL("cannot write the lock file '", path_, "': ", std::strerror(err));
-    }
-  }
-  ~RunLock() {
-    if (fd_ >= 0) ::close(fd_);  // closing releases the flock
-  }
-  RunLock(const RunLock&) = delete;
-  RunLock& operator=(const RunLock&) = delete;
-
- private:
-  std::string path_;
-  int fd_ = -1;
-};
 
 void create_dir(const fs::path& dir) {
   std::error_code ec;
@@ -252,12 +215,9 @@ class Experiment {
     const auto device = pick_device(opts_.device.value_or(cfg_.device));
     auto& world = comm::world();
     const std::string config_hash = fnv1a_hex(cfg_.resolved_yaml);
+    // The run directory is written only once the data, the population and the model are built
+    // (and, on a resume, the checkpoint is accepted): input refused there leaves it as it was.
     std::optional<ProvenanceLog> provenance;
-    if (lead()) {
-      create_dir(dir_ / "checkpoints");
-      if (!resume) write_file_atomic((dir_ / "config.yaml").string(), cfg_.resolved_yaml);
-      provenance.emplace(dir_.string(), device.str(), resume);
-    }
 
     log("mmfl: run '" + cfg_.name + "' in " + dir_.string() + " on " + device.str() +
         (world.size() > 1
@@ -266,7 +226,6 @@ class Experiment {
     const auto vocab = dir_ / "vocab.txt";
     const bool have_vocab = resume && fs::exists(vocab);
     const auto data = load_fmnist_captions(cfg_, device, have_vocab ? vocab.string() : "");
-    if (!have_vocab && lead()) data.tokenizer->save(vocab.string());
     std::vector<int64_t> pool_labels(size_t(data.pool.size()));
     {
       const auto l = data.pool.labels.cpu();
@@ -285,10 +244,25 @@ class Experiment {
 
     int64_t start = 0;
     const auto metrics_path = dir_ / "metrics.jsonl";
+    if (lead()) {
+      if (!resume) {
+        create_dir(dir_ / "checkpoints");
+        write_file_atomic((dir_ / "config.yaml").string(), cfg_.resolved_yaml);
+      }
+      if (!have_vocab) data.tokenizer->save(vocab.string());
+      // The vocabulary's hash goes into every checkpoint: a resume with another vocab.txt (the
+      // model's token ids would mean other words) is refused.
+      vocab_hash_ = fnv1a_hex(
+          modalities::read_regular_file(vocab.string(), uint64_t(1) << 30, "vocabulary file"));
+    }
     if (resume) {
       start = load_resume_checkpoint(*strategy, config_hash);
-      if (lead()) reconcile_metrics(metrics_path, start);
+      if (lead()) {
+        create_dir(dir_ / "checkpoints");
+        reconcile_metrics(metrics_path, start);
+      }
     }
+    if (lead()) provenance.emplace(dir_.string(), device.str(), resume);
 
     RunSummary sum;
     sum.run_dir = dir_.string();
@@ -385,6 +359,7 @@ class Experiment {
         Checkpoint ck;
         ck.round = round;
         ck.config_hash = config_hash;
+        ck.vocab_hash = vocab_hash_;
         strategy->save(ck);
         if (world.size() > 1) {
           // Each rank writes its clients' state (atomically); once all are on disk, rank 0 writes
@@ -575,14 +550,25 @@ class Experiment {
     Checkpoint ck;
     try {
       ck = load_checkpoint(ck_path);
+    } catch (const Error& e) {
+      fail_with_earlier(e, all, file_round);
+    }
+    // The config and the vocabulary are the run's, not one checkpoint's: an earlier checkpoint
+    // is no way around a mismatch, so none is offered.
+    MMFL_CHECK(ck.config_hash == config_hash, "checkpoint '", ck_path,
+               "' belongs to another config (hash ", ck.config_hash, ", config.yaml hashes to ",
+               config_hash, "); was '", (dir_ / "config.yaml").string(),
+               "' edited? restore it (every checkpoint of the run has the same hash)");
+    MMFL_CHECK(ck.vocab_hash.empty() || ck.vocab_hash == vocab_hash_, "'",
+               (dir_ / "vocab.txt").string(), "' is not the vocabulary checkpoint '", ck_path,
+               "' was trained with (hash ", ck.vocab_hash, ", the file hashes to ", vocab_hash_,
+               "); was it edited? restore it (the model's token ids depend on it)");
+    try {
       read_state_shards(ck, ck_path);
       MMFL_CHECK(ck.round == file_round, "checkpoint '", ck_path, "' says round ", ck.round,
                  " but is named for round ", file_round);
       MMFL_CHECK(ck.round >= 1 && ck.round <= cfg_.rounds, "checkpoint '", ck_path, "': round ",
                  ck.round, " is outside the run's 1..", cfg_.rounds);
-      MMFL_CHECK(ck.config_hash == config_hash, "checkpoint '", ck_path,
-                 "' belongs to another config (hash ", ck.config_hash, ", config.yaml hashes to ",
-                 config_hash, "); was config.yaml edited?");
       check_tensors_match(strategy, ck, ck_path);
       try {
         strategy.load(ck);
@@ -590,13 +576,7 @@ class Experiment {
         MMFL_FAIL("checkpoint '", ck_path, "': ", e.reason());
       }
     } catch (const Error& e) {
-      // Point at the newest earlier checkpoint, if any, as the way on.
-      std::string earlier;
-      for (const auto& [r, p] : all)
-        if (r < file_round) earlier = std::to_string(r);
-      if (earlier.empty()) throw;
-      MMFL_FAIL(e.reason(), "; resume from an earlier one with --resume ", dir_.string(),
-                " --from-checkpoint ", earlier);
+      fail_with_earlier(e, all, file_round);
     }
     // Checkpoints after the chosen one describe rounds that will be trained again.
     for (const auto& [r, p] : all)
@@ -606,6 +586,19 @@ class Experiment {
       }
     log("mmfl: resuming after round " + std::to_string(ck.round) + " from " + ck_path);
     return ck.round;
+  }
+
+  // Rethrows what was wrong with the checkpoint of `file_round`, pointing at the newest earlier
+  // checkpoint, if any, as the way on.
+  [[noreturn]] void fail_with_earlier(const Error& e,
+                                      const std::vector<std::pair<int64_t, std::string>>& all,
+                                      int64_t file_round) const {
+    std::string earlier;
+    for (const auto& [r, p] : all)
+      if (r < file_round) earlier = std::to_string(r);
+    if (earlier.empty()) throw e;
+    MMFL_FAIL(e.reason(), "; resume from an earlier one with --resume ", dir_.string(),
+              " --from-checkpoint ", earlier);
   }
 
   // Every tensor the model saves must be in the checkpoint under its name, with its shape.
@@ -699,6 +692,7 @@ class Experiment {
   fs::path dir_;
   RunOptions opts_;
   Eta eta_;
+  std::string vocab_hash_;  // of vocab.txt (rank 0)
 };
 
 std::string timestamp() {
@@ -716,17 +710,30 @@ RunSummary run_experiment(const Config& cfg, const RunOptions& opts) {
   const fs::path dir = broadcast_string(
       opts.out_dir.empty() ? (fs::path("runs") / (cfg.name + "-" + timestamp())).string()
                            : opts.out_dir);
-  std::optional<RunLock> lock;
+  std::optional<DirLock> lock;
+  const bool new_dir = world.rank() == 0 && !fs::exists(dir);
   if (world.rank() == 0) {
     create_dir(dir);
-    lock.emplace(dir);
+    lock.emplace(dir, "run directory");
     MMFL_CHECK(!fs::exists(dir / "metrics.jsonl") && !fs::exists(dir / "config.yaml"),
                "run directory '", dir.string(),
                "' already holds a run; continue it with "
                "'mmfl run --resume ",
                dir.string(), "' or choose another --out");
   }
-  return Experiment(cfg, dir, opts).run(false);
+  try {
+    return Experiment(cfg, dir, opts).run(false);
+  } catch (...) {
+    // Refused before the run was written (bad data, a model that cannot be built): the
+    // directory this call created goes again, so that the same command can simply be repeated.
+    if (new_dir && !fs::exists(dir / "config.yaml")) {
+      std::error_code ec;
+      fs::remove(dir / ".lock", ec);
+      lock.reset();
+      fs::remove(dir, ec);  // only if empty
+    }
+    throw;
+  }
 }
 
 RunSummary resume_experiment(const std::string& run_dir, const RunOptions& opts) {
@@ -736,8 +743,8 @@ RunSummary resume_experiment(const std::string& run_dir, const RunOptions& opts)
              "config.yaml); start a run with 'mmfl run CONFIG --out DIR'");
   Config cfg = load_config((dir / "config.yaml").string());
   auto& world = comm::init_world(cfg.comm, wants_gpu(opts.device.value_or(cfg.device)));
-  std::optional<RunLock> lock;
-  if (world.rank() == 0) lock.emplace(dir);
+  std::optional<DirLock> lock;
+  if (world.rank() == 0) lock.emplace(dir, "run directory");
   return Experiment(std::move(cfg), dir, opts).run(true);
 }
 
