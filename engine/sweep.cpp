@@ -24,6 +24,7 @@
 
 #include "engine/checkpoint.h"
 #include "engine/config.h"
+#include "engine/dir_lock.h"
 #include "mmfl/error.h"
 
 namespace mmfl::engine {
@@ -92,9 +93,13 @@ void on_sweep_sigint(int) {
 std::vector<SweepRun> expand_sweep(const std::vector<GridAxis>& grid,
                                    const std::vector<uint64_t>& seeds,
                                    const std::vector<std::string>& sets) {
-  std::set<std::string> keys, last_parts;
+  std::set<std::string> keys, last_parts, set_keys;
+  for (const auto& s : sets)
+    set_keys.insert(s.substr(0, s.find('=')));
   for (const auto& a : grid) {
     MMFL_CHECK(keys.insert(a.key).second, "--grid key '", a.key, "' is given twice");
+    MMFL_CHECK(!set_keys.count(a.key), "key '", a.key,
+               "' is given by both --grid and --set; keep one of them");
     last_parts.insert(last_part(a.key));
     MMFL_CHECK(!a.values.empty(), "--grid key '", a.key, "' has no values");
     MMFL_CHECK(a.key != "seed", "vary the seed with --seeds, not --grid seed=...");
@@ -132,6 +137,23 @@ std::vector<SweepRun> expand_sweep(const std::vector<GridAxis>& grid,
       idx[--i] = 0;
     if (i == 0) break;
   }
+  // Names are directories: two runs whose values differ only in characters that names spell as
+  // '-' would share one (and the second would resume the first).
+  std::map<std::string, const SweepRun*> by_name;
+  for (const auto& r : runs) {
+    const auto [it, fresh] = by_name.emplace(r.name, &r);
+    if (fresh) continue;
+    auto spell = [](const SweepRun& x) {
+      std::string s;
+      for (const auto& kv : x.setting)
+        s += (s.empty() ? "" : " ") + kv;
+      return s;
+    };
+    MMFL_FAIL("--grid settings '", spell(*it->second), "' and '", spell(r),
+              "' would share the run directory '", r.name,
+              "' (in run names every character but letters, digits and '.', '_', '-', '=' is "
+              "written '-'); give values that differ in those characters, or sweep them apart");
+  }
   return runs;
 }
 
@@ -164,6 +186,10 @@ SweepSummary run_sweep(const SweepOptions& opts) {
     } catch (const Error& e) {
       MMFL_FAIL("sweep run '", r.name, "': ", e.reason());
     }
+    for (size_t j = 0; j < resolved.size(); ++j)
+      MMFL_CHECK(resolved[j] != c.resolved_yaml, "sweep runs '", runs[j].name, "' and '", r.name,
+                 "' resolve to the same config (values spelled differently, such as 0.1 and "
+                 "0.10); drop one of them");
     resolved.push_back(c.resolved_yaml);
     name = c.name;
   }
@@ -171,7 +197,15 @@ SweepSummary run_sweep(const SweepOptions& opts) {
   // 2. The sweep directory; a restarted sweep must be the same sweep.
   const fs::path dir = opts.out_dir.empty() ? fs::path("sweeps") / (name + "-" + timestamp())
                                             : fs::path(opts.out_dir);
+  MMFL_CHECK(!fs::exists(dir) || fs::is_directory(dir), "sweep directory '", dir.string(),
+             "' exists and is not a directory; choose another --out");
+  MMFL_CHECK(!fs::exists(dir / "config.yaml"), "'", dir.string(),
+             "' is a run directory (it holds config.yaml), not a sweep directory; choose another "
+             "--out");
   fs::create_directories(dir);
+  // One sweep at a time in a directory: two would start the same runs and overwrite each other's
+  // index.
+  const DirLock lock(dir, "sweep directory");
   for (size_t i = 0; i < runs.size(); ++i) {
     const auto cfg = dir / runs[i].name / "config.yaml";
     MMFL_CHECK(!fs::exists(cfg) || read_text(cfg) == resolved[i], "sweep directory '", dir.string(),
@@ -345,10 +379,16 @@ SweepSummary run_sweep(const SweepOptions& opts) {
     ++done_now;
     char buf[64];
     std::snprintf(buf, sizeof(buf), " in %.0f s", secs);
-    say("[sweep] " + runs[i].name + " " + status[i] + buf +
+    const std::string line =
+        "[sweep] " + runs[i].name + " " + status[i] + buf +
         (status[i] == "failed" ? ": " + extra[i]["error"].get<std::string>() +
                                      " (log: " + (rdir / "console.log").string() + ")"
-                               : ""));
+                               : "");
+    if (status[i] == "failed") {
+      std::cerr << line << std::endl;  // --quiet or not: a failure is never silent
+    } else {
+      say(line);
+    }
   }
   sigaction(SIGINT, &old_sa, nullptr);
 

@@ -40,7 +40,12 @@ def main():
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    fig.savefig(a.out)
+    try:
+        fig.savefig(a.out)
+    except OSError as e:
+        print("mmfl: error: cannot write the figure '%s': %s" % (a.out, e.strerror or e),
+              file=sys.stderr)
+        return 1
     return 0
 
 
