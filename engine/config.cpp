@@ -126,6 +126,8 @@ void apply_override(YAML::Node& root, const std::string& assignment) {
     MMFL_CHECK(!p.empty(), "--set '", assignment, "': empty part in key path '", path, "'");
     parts.push_back(p);
   }
+  // (getline does not return the empty part after a last '.')
+  MMFL_CHECK(path.back() != '.', "--set '", assignment, "': empty part in key path '", path, "'");
   // yaml-cpp's operator[] on nodes aliases; walk with explicit copies of child handles.
   std::vector<YAML::Node> chain = {root};
   for (size_t i = 0; i + 1 < parts.size(); ++i) {
@@ -283,6 +285,10 @@ Config parse_config(const YAML::Node& root, const std::string& origin) {
   c.name = top.get<std::string>("name", c.name);
   MMFL_CHECK(!c.name.empty() && c.name.find('/') == std::string::npos, "config key 'name' = '",
              c.name, "' must be non-empty and contain no '/'");
+  for (const char ch : c.name)
+    MMFL_CHECK(static_cast<unsigned char>(ch) >= 0x20 && ch != 0x7f,
+               "config key 'name' holds a control character (byte ",
+               int(static_cast<unsigned char>(ch)), "); run directories are named after it");
   c.seed = top.get<uint64_t>("seed", c.seed);
   c.rounds = top.get_int("rounds", c.rounds, 1, 1000000);
   c.device = device_choice_from(top.get_choice("device", "auto", {"auto", "cpu", "cuda"}));
@@ -297,6 +303,10 @@ Config parse_config(const YAML::Node& root, const std::string& origin) {
     d.test_limit = s.get_int("test_limit", d.test_limit, 0, 10000);
     d.retrieval_pairs = s.get_int("retrieval_pairs", d.retrieval_pairs, 10, 10000);
     d.max_tokens = s.get_int("max_tokens", d.max_tokens, 4, 256);
+    MMFL_CHECK(d.test_limit == 0 || d.retrieval_pairs <= d.test_limit,
+               "config key 'data.retrieval_pairs' = ", d.retrieval_pairs,
+               " is more than the test images it is drawn from (data.test_limit = ", d.test_limit,
+               "); lower data.retrieval_pairs or raise data.test_limit");
     s.finish();
   }
   {
@@ -508,9 +518,9 @@ Config parse_config(const YAML::Node& root, const std::string& origin) {
                "' sends the clients' factors and merges them into the base each round; sparse "
                "deltas (lora.upload_density, lora.download_density < 1) need rule fedavg, ffa "
                "or fedsa");
-    MMFL_CHECK(f.rule != LoraRule::kNone || f.upload_density == 1.0,
-               "config key 'lora.rule' = 'none' trains no adapters; lora.upload_density has "
-               "nothing to sparsify");
+    MMFL_CHECK(f.rule != LoraRule::kNone || (f.upload_density == 1.0 && f.download_density == 1.0),
+               "config key 'lora.rule' = 'none' trains no adapters; lora.upload_density and "
+               "lora.download_density have nothing to sparsify");
   }
   {
     Section s = top.child("moe");

@@ -135,7 +135,7 @@ FederatedData load_fmnist_captions(const Config& cfg, const torch::Device& devic
   };
   if (cfg.model.text.kind == mod::TextEncoderKind::kMiniLm) {
     const std::string dir = fusion::resolve_minilm_dir(cfg.model.pretrained_text_path,
-                                                       "config key model.pretrained_text_path");
+                                                       "set config key model.pretrained_text_path");
     auto wp = std::make_shared<mod::WordPieceTokenizer>(
         mod::WordPieceTokenizer::load(dir + "/vocab.txt"));
     encode = [wp](const std::string& text, int64_t n) {
@@ -147,7 +147,11 @@ FederatedData load_fmnist_captions(const Config& cfg, const torch::Device& devic
   out.test = to_tensors(test, test_rows, encode, dc.max_tokens, device);
 
   // A fixed retrieval subset, the same for every run with this seed.
-  const int64_t r = std::min<int64_t>(dc.retrieval_pairs, out.test.size());
+  MMFL_CHECK(dc.retrieval_pairs <= out.test.size(),
+             "config key 'data.retrieval_pairs' = ", dc.retrieval_pairs, " is more than the ",
+             out.test.size(), " test images in '", dc.root, "'",
+             dc.test_limit > 0 ? " (after data.test_limit)" : "", "; lower data.retrieval_pairs");
+  const int64_t r = dc.retrieval_pairs;
   std::vector<int64_t> order(size_t(out.test.size()));
   std::iota(order.begin(), order.end(), 0);
   auto rrng = make_rng(cfg.seed, kStreamRetrieval);

@@ -2,6 +2,7 @@
 
 #include <torch/cuda.h>
 
+#include <filesystem>
 #include <vector>
 
 #include "engine/npy.h"
@@ -14,6 +15,11 @@ namespace mmfl::engine {
 
 EmbedTextSummary embed_text_file(const EmbedTextOptions& o) {
   MMFL_CHECK(!o.out.empty(), "embed-text needs --out FILE.npy");
+  {
+    std::error_code ec;
+    MMFL_CHECK(!std::filesystem::equivalent(o.input, o.out, ec), "embed-text: --out '", o.out,
+               "' is the input file '", o.input, "'; write the embeddings to another file");
+  }
   // 1 GiB of text is far more than one embedding run should take in one go.
   const std::string text = modalities::read_regular_file(o.input, uint64_t(1) << 30, "text file");
   std::vector<std::string> lines;

@@ -10,7 +10,7 @@ namespace mmfl::engine {
 fusion::MiniLmEncoderOptions minilm_options(const Config& cfg) {
   fusion::MiniLmEncoderOptions o;
   o.dir = fusion::resolve_minilm_dir(cfg.model.pretrained_text_path,
-                                     "config key model.pretrained_text_path");
+                                     "set config key model.pretrained_text_path");
   o.embed_dim = cfg.model.embed_dim;
   o.lora = cfg.lora;
   o.adapters = cfg.lora_fed.rule != LoraRule::kNone;

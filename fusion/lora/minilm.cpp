@@ -237,6 +237,12 @@ MiniLm load_minilm(const std::string& dir) {
                " (from config.json)");
     auto buf = torch::empty(p.sizes(), torch::kFloat32);
     file.read(*t, buf.data_ptr());
+    // A damaged file can hold NaN or Inf where a weight was: caught here, not after training.
+    const int64_t bad = buf.numel() - buf.isfinite().sum().item<int64_t>();
+    MMFL_CHECK(bad == 0, "safetensors file '", path, "', tensor '", name, "': ", bad, " of its ",
+               buf.numel(),
+               " values are not finite (NaN/Inf); the file is damaged, install the "
+               "model again");
     p.copy_(buf);
     used.insert(name);
   }

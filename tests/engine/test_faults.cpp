@@ -291,5 +291,118 @@ TEST_F(Faults, CliRefusesBadPathsAndOptions) {
   EXPECT_EQ(err.find("1.79769"), std::string::npos) << err;
 }
 
+// A black-box review (2026-11-29): a run refused for its input left a directory that only
+// --resume (with the same bad input) would take; a refused resume still appended to
+// provenance.json; an edited vocab.txt was accepted on resume (other words for the model's
+// token ids) or blamed on the checkpoint; an edited config.yaml was answered with an earlier
+// checkpoint that has the same hash.
+TEST_F(Faults, RefusedInputLeavesTheRunDirectoryAsItWas) {
+  const auto missing = (base_ / "no-data").string();
+  auto o = opts("fresh");
+  EXPECT_NE(error_of([&] {
+              run_experiment(tiny({"data.root=/nonexistent/mmfl"}), o);
+            }).find("/nonexistent/mmfl"),
+            std::string::npos);
+  EXPECT_FALSE(fs::exists(o.out_dir)) << "a refused run left " << o.out_dir;
+  run_experiment(tiny({"rounds=1"}), o);  // the same --out now simply works
+
+  auto r = opts("run");
+  r.stop_after = 2;
+  run_experiment(tiny(), r);
+  const fs::path dir = r.out_dir;
+  auto slurp = [](const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)), {});
+  };
+  const std::string provenance = slurp(dir / "provenance.json");
+  const std::string vocab = slurp(dir / "vocab.txt");
+  std::string edited = vocab;
+  size_t line5 = 0;  // past <pad>, <unk> and two words
+  for (int i = 0; i < 4; ++i)
+    line5 = edited.find('\n', line5) + 1;
+  edited.replace(line5, 1, "zzzz");
+  std::ofstream(dir / "vocab.txt", std::ios::binary) << edited;
+  auto msg = error_of([&] { resume_experiment(r.out_dir, opts("x")); });
+  EXPECT_NE(msg.find("vocab.txt' is not the vocabulary checkpoint"), std::string::npos) << msg;
+  std::ofstream(dir / "vocab.txt", std::ios::binary) << vocab + "extra\n";  // another size
+  msg = error_of([&] { resume_experiment(r.out_dir, opts("x")); });
+  EXPECT_NE(msg.find("vocab.txt' is not the vocabulary checkpoint"), std::string::npos) << msg;
+  std::ofstream(dir / "vocab.txt", std::ios::binary) << vocab;
+  const std::string config = slurp(dir / "config.yaml");
+  std::ofstream(dir / "config.yaml")
+      << std::string(config).replace(config.find("rounds: 3"), 9, "rounds: 4");
+  msg = error_of([&] { resume_experiment(r.out_dir, opts("x")); });
+  EXPECT_NE(msg.find("belongs to another config"), std::string::npos) << msg;
+  EXPECT_EQ(msg.find("--from-checkpoint"), std::string::npos) << msg;
+  std::ofstream(dir / "config.yaml") << config;
+  EXPECT_EQ(slurp(dir / "provenance.json"), provenance);  // refused resumes wrote nothing
+  EXPECT_TRUE(resume_experiment(r.out_dir, opts("x")).finished);
+}
+
+TEST_F(Faults, ConfigRefusesTrailingDotsControlCharactersAndImpossibleRetrieval) {
+  auto msg = error_of([] { tiny({"train.lr.=0.5"}); });
+  EXPECT_NE(msg.find("empty part in key path 'train.lr.'"), std::string::npos) << msg;
+  msg = error_of([] { tiny({"name=\"a\\x01b\""}); });
+  EXPECT_NE(msg.find("control character (byte 1)"), std::string::npos) << msg;
+  msg = error_of([] { tiny({"data.test_limit=50"}); });
+  EXPECT_NE(msg.find("'data.retrieval_pairs' = 100 is more than the test images"),
+            std::string::npos)
+      << msg;
+}
+
+// The same review: sweep run names that collide, two values of one config, a key in both --grid
+// and --set, two sweeps in one directory, a sweep into a run directory, one run counted twice by
+// report, a figure into a missing folder, and option ranges printed as 309-digit numbers.
+TEST_F(Faults, StudiesRefuseAmbiguousInput) {
+  fs::create_directories(base_);
+  const auto cfg = (base_ / "c.yaml").string();
+  std::ofstream(cfg) << kTiny << "\n";
+  const std::string root = " --set data.root=" + data_root();
+  const std::string sw = " --quiet --out " + (base_ / "sweep").string();
+  auto [rc, err] = cli("sweep " + cfg + root + sw + " --grid 'name=a b,a-b'", base_);
+  EXPECT_EQ(rc, 2) << err;
+  EXPECT_NE(err.find("would share the run directory 'name=a-b'"), std::string::npos) << err;
+  std::tie(rc, err) = cli("sweep " + cfg + root + sw + " --grid train.lr=0.10,0.1", base_);
+  EXPECT_EQ(rc, 2) << err;
+  EXPECT_NE(err.find("resolve to the same config"), std::string::npos) << err;
+  std::tie(rc, err) = cli("sweep " + cfg + root + sw + " --grid rounds=1,2 --set rounds=2", base_);
+  EXPECT_EQ(rc, 2) << err;
+  EXPECT_NE(err.find("given by both --grid and --set"), std::string::npos) << err;
+  std::tie(rc, err) = cli("sweep " + cfg + root + sw + " --jobs 0", base_);
+  EXPECT_EQ(rc, 2) << err;
+  EXPECT_NE(err.find("not in range 1 to 4096"), std::string::npos) << err;
+
+  fs::create_directories(base_ / "sweep");
+  const std::string lock = (base_ / "sweep" / ".lock").string();
+  const int fd = ::open(lock.c_str(), O_RDWR | O_CREAT, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::flock(fd, LOCK_EX | LOCK_NB), 0);
+  std::tie(rc, err) = cli("sweep " + cfg + root + sw + " --set rounds=1", base_);
+  ::close(fd);
+  EXPECT_EQ(rc, 2) << err;
+  EXPECT_NE(err.find("sweep directory '" + (base_ / "sweep").string() + "' is in use"),
+            std::string::npos)
+      << err;
+
+  auto o = opts("one");
+  run_experiment(tiny({"rounds=1"}), o);
+  std::tie(rc, err) = cli("sweep " + cfg + root + " --quiet --out " + o.out_dir, base_);
+  EXPECT_EQ(rc, 2) << err;
+  EXPECT_NE(err.find("is a run directory"), std::string::npos) << err;
+  fs::create_directories(base_ / "copies");
+  fs::copy(o.out_dir, base_ / "copies" / "a", fs::copy_options::recursive);
+  fs::copy(o.out_dir, base_ / "copies" / "b", fs::copy_options::recursive);
+  std::tie(rc, err) = cli("report " + (base_ / "copies").string(), base_);
+  EXPECT_EQ(rc, 2) << err;
+  EXPECT_NE(err.find("the same setting with the same seed (5)"), std::string::npos) << err;
+  const auto fig = (base_ / "missing" / "f.png").string();
+  std::tie(rc, err) = cli("plot " + o.out_dir + " --out " + fig, base_);
+  EXPECT_EQ(rc, 2) << err;
+  EXPECT_NE(err.find("the folder '" + (base_ / "missing").string() + "' does not exist"),
+            std::string::npos)
+      << err;
+  EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;
+}
+
 }  // namespace
 }  // namespace mmfl::engine
