@@ -373,12 +373,13 @@ Config parse_config(const YAML::Node& root, const std::string& origin) {
     for (int k = 0; k < 3; ++k)
       m.heterogeneous |= !same(m.kind_image[k], m.image) || !same(m.kind_text[k], m.text);
     {
-      // The server model defaults to the clients' encoders at twice the width.
+      // The server model defaults to the clients' encoders at twice the width (within the
+      // widths a config may give, so that a default never fails a check the user cannot see).
       Section srv = s.child("server");
       auto wide_img = m.image;
-      wide_img.width *= 2;
+      wide_img.width = std::min<int64_t>(2 * wide_img.width, 65536);
       auto wide_txt = m.text;
-      wide_txt.width *= 2;
+      wide_txt.width = std::min<int64_t>(2 * wide_txt.width, 65536);
       m.server_image = parse_image_encoder(srv, "image_encoder", wide_img);
       m.server_text = parse_text_encoder(srv, "text_encoder", wide_txt);
       srv.finish();
@@ -444,7 +445,7 @@ Config parse_config(const YAML::Node& root, const std::string& origin) {
     k.server_epochs = s.get_int("server_epochs", k.server_epochs, 0, 1000);
     k.server_lr = s.get_double("server_lr", k.server_lr, 1e-9, 100);
     k.public_batch_size = s.get_int("public_batch_size", k.public_batch_size, 2, 1 << 20);
-    k.dump_round = s.get_int("dump_round", k.dump_round, 0, 1000000);
+    k.dump_round = s.get_int("dump_round", k.dump_round, 0, c.rounds);
     s.finish();
   }
   {
@@ -508,7 +509,7 @@ Config parse_config(const YAML::Node& root, const std::string& origin) {
       MMFL_CHECK(v <= 1.0 || v == std::floor(v), "config key 'lora.", key, "' = ", v,
                  ": give a fraction in (0, 1] or a whole count of entries");
     f.error_feedback = s.get<bool>("error_feedback", f.error_feedback);
-    f.dump_round = s.get_int("dump_round", f.dump_round, 0, 1000000);
+    f.dump_round = s.get_int("dump_round", f.dump_round, 0, c.rounds);
     f.cohort = s.get_choice("cohort", f.cohort, {"auto", "on", "off"});
     s.finish();
     fusion::validate_lora_options(l, "lora.");
@@ -538,7 +539,7 @@ Config parse_config(const YAML::Node& root, const std::string& origin) {
     m.impl = s.get_choice("impl", "fused", {"fused", "loop"}) == "loop" ? fusion::MoeImpl::kLoop
                                                                         : fusion::MoeImpl::kFused;
     m.balance_weight = s.get_double("balance_weight", m.balance_weight, 0, 1000);
-    m.dump_round = s.get_int("dump_round", m.dump_round, 0, 1000000);
+    m.dump_round = s.get_int("dump_round", m.dump_round, 0, c.rounds);
     const bool shared = m.ffn_kind == fusion::MoeFfnKind::kShared;
     for (const std::string mod : {"image", "text"}) {
       Section g = s.child(mod);

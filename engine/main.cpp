@@ -9,6 +9,7 @@
 #include <exception>
 #include <filesystem>
 #include <iostream>
+#include <new>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -125,6 +126,20 @@ int run_cli(int argc, char** argv) {
   embed->add_option("--device", embed_device, "auto | cpu | cuda (default auto)")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
 
+  // An unknown first word is a mistyped command, not a missing one (CLI11's message).
+  if (argc > 1 && argv[1][0] != '-') {
+    std::string names;
+    bool known = false;
+    for (const auto* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+      names += (names.empty() ? "" : ", ") + sub->get_name();
+      known |= sub->get_name() == argv[1];
+    }
+    if (!known) {
+      std::cerr << "mmfl: error: unknown command '" << argv[1] << "'; the commands are " << names
+                << " (see mmfl --help)" << std::endl;
+      return 2;
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -254,7 +269,19 @@ int main(int argc, char** argv) {
               << "'" << (e.path2().empty() ? "" : " -> '" + e.path2().string() + "'") << std::endl;
     return fail(2);
   } catch (const std::exception& e) {
-    std::cerr << "mmfl: internal error: " << who() << first_line(e.what()) << std::endl;
+    // Memory that the settings ask for and the machine does not have (LibTorch's CPU allocator
+    // and CUDA caching allocator, or new) is the settings' to fix, not an internal error.
+    const std::string what = e.what();
+    if (dynamic_cast<const std::bad_alloc*>(&e) != nullptr ||
+        what.find("can't allocate memory") != std::string::npos ||
+        what.find("out of memory") != std::string::npos) {
+      std::cerr << "mmfl: error: " << who() << "out of memory (" << first_line(what)
+                << "); lower train.batch_size, eval.batch_size, data.max_tokens or the model's "
+                   "width, depth or heads (model.*)"
+                << std::endl;
+      return fail(2);
+    }
+    std::cerr << "mmfl: internal error: " << who() << first_line(what) << std::endl;
     return fail(1);
   }
 }
