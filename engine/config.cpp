@@ -621,9 +621,9 @@ constexpr int kMaxYamlDepth = 64;
 
 void check_yaml_size(const YAML::Node& node, const std::string& what, int depth, size_t& count) {
   MMFL_CHECK(++count <= kMaxYamlValues, what, " holds more than ", kMaxYamlValues,
-             " YAML values, counting each use of an alias (*name) as a copy of its anchor's "
-             "values; a config has a few hundred: write repeated values out instead of nesting "
-             "aliases");
+             " YAML values (keys and values; each use of an alias *name counts its anchor's "
+             "values again); a config has a few hundred (where aliases nest, write the repeated "
+             "values out instead)");
   MMFL_CHECK(depth <= kMaxYamlDepth, what, " nests YAML collections more than ", kMaxYamlDepth,
              " levels deep; a config nests a few");
   if (node.IsSequence()) {

@@ -34,6 +34,10 @@ int run_cli(int argc, char** argv) {
   using namespace mmfl::engine;
   CLI::App app{"mmfl: multimodal federated learning engine"};
   app.require_subcommand(1);
+  // A path option given as '' (an unset shell variable) is refused, never read as "not given".
+  const CLI::Validator non_empty(
+      [](std::string& v) { return v.empty() ? std::string("an empty path") : std::string(); }, "",
+      "NON_EMPTY");
 
   std::string config_path, resume_dir, out_dir, device, from_checkpoint;
   std::vector<std::string> overrides;
@@ -43,14 +47,17 @@ int run_cli(int argc, char** argv) {
   run->add_option("config", config_path, "experiment config (YAML)");
   run->add_option("--set", overrides, "override a config key, e.g. --set train.lr=0.01")
       ->type_name("KEY=VALUE");
-  run->add_option("--out", out_dir, "run directory (default runs/<name>-<timestamp>)");
+  run->add_option("--out", out_dir, "run directory (default runs/<name>-<timestamp>)")
+      ->check(non_empty);
   run->add_option("--device", device, "auto | cpu | cuda (overrides the config's `device`)")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
-  run->add_option("--resume", resume_dir, "continue the run in this directory from its checkpoint");
+  run->add_option("--resume", resume_dir, "continue the run in this directory from its checkpoint")
+      ->check(non_empty);
   run->add_option("--from-checkpoint", from_checkpoint,
                   "with --resume: continue from this checkpoint (a path or a round number) "
                   "instead of the latest")
-      ->type_name("PATH|ROUND");
+      ->type_name("PATH|ROUND")
+      ->check(non_empty);
   run->add_option("--stop-after", stop_after, "stop after this round, writing a checkpoint")
       ->check(CLI::Validator(
           [](const std::string& v) {
@@ -81,7 +88,8 @@ int run_cli(int argc, char** argv) {
   sweep->add_option("--seeds", seeds, "seeds, e.g. 1-5 or 1,3,7 (default: the config's seed)");
   sweep->add_option("--set", sweep_sets, "override a config key in every run")
       ->type_name("KEY=VALUE");
-  sweep->add_option("--out", sw.out_dir, "sweep directory (default sweeps/<name>-<timestamp>)");
+  sweep->add_option("--out", sw.out_dir, "sweep directory (default sweeps/<name>-<timestamp>)")
+      ->check(non_empty);
   sweep->add_option("--jobs", sw.jobs, "runs at once; each gets cores/jobs threads (default 1)")
       ->check(CLI::Range(int64_t(1), int64_t(4096)));
   sweep->add_option("--limit", sw.limit, "start at most this many runs now (0: all)")

@@ -614,6 +614,12 @@ class Experiment {
       const auto got = sh != ck.shapes.end() ? sh->second : it->second.sizes().vec();
       MMFL_CHECK(got == want, "checkpoint '", path, "': tensor '", name, "' has shape ",
                  c10::IntArrayRef(got), ", the model's is ", c10::IntArrayRef(want));
+      // The model's weights are finite in a run that goes on: NaN or Inf there is damage the CRC
+      // did not catch (a file rewritten with a valid CRC), and would show up as divergence a
+      // round later. (Client state may hold what a dropped client sent: not checked.)
+      MMFL_CHECK(name.rfind("state/", 0) == 0 || it->second.isfinite().all().item<bool>(),
+                 "checkpoint '", path, "': tensor '", name,
+                 "' holds values that are not finite (NaN/Inf)");
     }
   }
 
