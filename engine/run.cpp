@@ -83,7 +83,11 @@ void inject_fault(int64_t round) {
   char what[16] = {0};
   int rank = -1;
   long long r = -1;
-  if (std::sscanf(f, "%15[a-z]:%d:%lld", what, &rank, &r) != 3) return;
+  const bool parsed = std::sscanf(f, "%15[a-z]:%d:%lld", what, &rank, &r) == 3 &&
+                      (std::string(what) == "kill" || std::string(what) == "stall");
+  MMFL_CHECK(parsed && rank >= 0 && rank < comm::world().size() && r >= 1, "MMFL_FAULT='", f,
+             "': expected kill:RANK:ROUND or stall:RANK:ROUND with RANK in 0..",
+             comm::world().size() - 1, " and ROUND >= 1 (unset it for a normal run)");
   if (rank != comm::world().rank() || r != round) return;
   std::cerr << "mmfl: MMFL_FAULT: rank " << rank << " " << what << " in round " << round
             << std::endl;
@@ -146,6 +150,8 @@ void prune_checkpoints(const fs::path& dir, int64_t keep) {
 
 // The tensor of a multi-rank checkpoint that says how many state shards go with it.
 constexpr const char* kShardsTensor = "meta/state_shards";
+// The tensor of a state shard that says which rank of how many wrote it: [rank, ranks].
+constexpr const char* kShardWriterTensor = "meta/shard_writer";
 
 // Adds the client state of `ck`'s shards (if it has any) to `ck`: every shard is read, checked
 // (CRC, round, config hash) and merged; each rank's store then keeps the clients it owns.
@@ -166,6 +172,21 @@ void read_state_shards(Checkpoint& ck, const std::string& ck_path) {
     MMFL_CHECK(shard.round == ck.round && shard.config_hash == ck.config_hash, "'", path,
                "' is not the client state of checkpoint '", ck_path, "' (round ", shard.round,
                ", config ", shard.config_hash, ")");
+    // Which rank of how many wrote it (shards of older builds do not say): a shard of the same
+    // round written under another rank count holds other clients.
+    const auto who = shard.tensors.find(kShardWriterTensor);
+    if (who != shard.tensors.end()) {
+      const auto w = who->second.to(torch::kDouble);
+      const bool ok = w.numel() == 2 && w[0].item<double>() == r && w[1].item<double>() == count;
+      MMFL_CHECK(ok, "'", path, "' is not the client state of rank ", r, " of ", int(count),
+                 " for checkpoint '", ck_path, "' (it says rank ",
+                 w.numel() == 2 ? std::to_string(int64_t(w[0].item<double>())) + " of " +
+                                      std::to_string(int64_t(w[1].item<double>()))
+                                : std::string("?"),
+                 "); restore it");
+      shard.tensors.erase(who);
+      shard.shapes.erase(kShardWriterTensor);
+    }
     for (auto& [name, t] : shard.tensors) {
       MMFL_CHECK(name.rfind("state/", 0) == 0 && !ck.tensors.count(name), "'", path,
                  "' holds tensor '", name, "', which is not client state or is in two shards");
@@ -375,6 +396,8 @@ class Experiment {
               ++it;
             }
           }
+          shard.tensors[kShardWriterTensor] =
+              torch::tensor({float(world.rank()), float(world.size())});
           save_checkpoint((dir_ / "checkpoints" / shard_name(round, world.rank())).string(), shard);
           world.barrier();
           ck.tensors[kShardsTensor] = torch::tensor({float(world.size())});

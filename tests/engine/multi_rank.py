@@ -256,6 +256,18 @@ def main():
             rc, log, _ = run(0, ["run", "--resume", broken, "--quiet"])
             if rc != 2 or ".rank1.state' is missing" not in log:
                 fail(f"resume without a state shard: exit {rc}:\n{log}")
+            # A shard of another rank in its place (same run, round and config) is refused too:
+            # it holds other clients.
+            foreign = os.path.join(tmp, "foreign")
+            shutil.copytree(part, foreign)
+            ck = os.path.join(foreign, "checkpoints")
+            for f in os.listdir(ck):
+                if f.endswith(".rank0.state"):
+                    shutil.copy(os.path.join(ck, f.replace(".rank0.", ".rank1.")),
+                                os.path.join(ck, f))
+            rc, log, _ = run(0, ["run", "--resume", foreign, "--quiet"])
+            if rc != 2 or "(it says rank 1 of 2)" not in log:
+                fail(f"resume with another rank's state shard: exit {rc}:\n{log}")
             rc, log, _ = run(3, ["run", "--resume", part, "--quiet"])
             if rc != 0:
                 fail("3-rank resume:\n" + log)
