@@ -35,6 +35,13 @@ ClientStateStore::ClientStateStore(int64_t budget_bytes, std::string spill_dir, 
       ranks_(ranks) {
   MMFL_CHECK(ranks >= 1 && rank >= 0 && rank < ranks, "ClientStateStore: rank ", rank, " of ",
              ranks);
+  // A file where the spill folder goes would fail the first spill, long after the cause.
+  std::error_code ec;
+  for (fs::path p = dir_; !p.empty(); p = p.parent_path()) {
+    MMFL_CHECK(!fs::exists(p, ec) || fs::is_directory(p, ec), "client state folder '", p.string(),
+               "' is a file, not a folder; move it away (clients' state spills there)");
+    if (ranks_ == 1 || p != fs::path(dir_)) break;  // dir_ and, with ranks, its parent
+  }
 }
 
 std::string ClientStateStore::spill_path(int64_t id) const {
@@ -43,7 +50,15 @@ std::string ClientStateStore::spill_path(int64_t id) const {
 
 ClientState ClientStateStore::read_spill(int64_t id) const {
   const auto path = spill_path(id);
-  const Checkpoint ck = load_checkpoint(path);  // refuses a damaged file, naming it
+  Checkpoint ck;
+  try {
+    ck = load_checkpoint(path);  // refuses a damaged file, naming it
+  } catch (const Error& e) {
+    // The format is the checkpoints', the file is not one: say what it is.
+    std::string why = e.reason();
+    if (why.rfind("checkpoint '", 0) == 0) why = "client state file '" + why.substr(12);
+    MMFL_FAIL(why, " (client ", id, "'s spilled state)");
+  }
   MMFL_CHECK(ck.config_hash == spill_tag(id), "client state file '", path, "' holds '",
              ck.config_hash, "', not the state of client ", id);
   return ClientState(ck.tensors.begin(), ck.tensors.end());
@@ -189,6 +204,20 @@ void ClientStateStore::load(const Checkpoint& ck) {
     if (fs::is_directory(dir_, ec))
       for (const auto& f : fs::directory_iterator(dir_))
         if (f.path().filename().string().rfind("client_", 0) == 0) fs::remove(f.path(), ec);
+    // Nor those of a session with another rank count (state/client_* for one rank,
+    // state/rankR/ for several): rank 0 removes the layouts no rank of this session uses.
+    const fs::path root = ranks_ > 1 ? fs::path(dir_).parent_path() : fs::path(dir_);
+    if (rank_ == 0 && fs::is_directory(root, ec)) {
+      for (const auto& f : fs::directory_iterator(root, ec)) {
+        const std::string name = f.path().filename().string();
+        const bool rank_dir = name.size() > 4 && name.size() <= 12 && name.rfind("rank", 0) == 0 &&
+                              name.find_first_not_of("0123456789", 4) == std::string::npos;
+        if (rank_dir && (ranks_ == 1 || std::stoll(name.substr(4)) >= ranks_))
+          fs::remove_all(f.path(), ec);
+        else if (ranks_ > 1 && name.rfind("client_", 0) == 0)
+          fs::remove(f.path(), ec);
+      }
+    }
   }
   for (const auto& [id, s] : parsed)
     put(id, s);

@@ -107,6 +107,51 @@ TEST_F(StateStore, SaveLoadRoundTripsSpilledEntriesAndDropsStaleFiles) {
   EXPECT_THROW(b.load(bad), Error);
 }
 
+// A black-box review (2026-11-29): a file where the spill folder goes failed the first spill and
+// was blamed on the checkpoint being resumed; spill files of a session with another rank count
+// were never removed (47 files for 30 clients after 1 -> 3 -> 1 ranks); a damaged spill file
+// was called a "checkpoint".
+TEST_F(StateStore, SpillFolderLayoutsAndMessages) {
+  fs::create_directories(dir_.parent_path());
+  std::ofstream(dir_) << "x";
+  try {
+    ClientStateStore s(60, dir_.string());
+    FAIL() << "a file as the spill folder was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(e.reason().find("is a file, not a folder"), std::string::npos) << e.reason();
+  }
+  fs::remove(dir_);
+  {  // another session's layouts: state/client_* (one rank), state/rank3/ (four ranks)
+    ClientStateStore one(60, dir_.string());
+    one.put(1, state(1, 10));
+    one.put(2, state(2, 10));
+  }
+  ASSERT_TRUE(fs::exists(dir_ / "client_1.ckpt"));
+  fs::create_directories(dir_ / "rank3");
+  std::ofstream(dir_ / "rank3" / "client_3.ckpt") << "stale";
+  fs::create_directories(dir_ / "rank1");
+  std::ofstream(dir_ / "rank1" / "client_5.ckpt") << "stale";
+  ClientStateStore r0(60, dir_.string(), 0, 2), r1(60, dir_.string(), 1, 2);
+  Checkpoint ck;
+  r0.load(ck);
+  EXPECT_FALSE(fs::exists(dir_ / "client_1.ckpt"));
+  EXPECT_FALSE(fs::exists(dir_ / "rank3"));
+  EXPECT_TRUE(fs::exists(dir_ / "rank1"));  // rank 1 of this session's own folder
+  r1.load(ck);
+  EXPECT_FALSE(fs::exists(dir_ / "rank1" / "client_5.ckpt"));
+  // A damaged spill file is called what it is.
+  ClientStateStore s(60, (dir_ / "single").string());
+  s.put(1, state(1, 10));
+  s.put(2, state(2, 10));
+  std::ofstream(dir_ / "single" / "client_1.ckpt", std::ios::trunc) << "damaged";
+  try {
+    s.find(1);
+    FAIL() << "a damaged spill file was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.reason().rfind("client state file '", 0), 0u) << e.reason();
+  }
+}
+
 TEST_F(StateStore, ConcurrentPutAndFind) {
   ClientStateStore s(500, dir_.string());
   std::vector<std::thread> th;
