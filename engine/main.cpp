@@ -264,6 +264,9 @@ std::string who() {
 
 int main(int argc, char** argv) {
   mmfl::keep_freed_host_memory();
+  // A write past the file-size limit (ulimit -f) fails with EFBIG, which every write checks and
+  // reports naming the file, instead of killing the process with SIGXFSZ mid-write.
+  std::signal(SIGXFSZ, SIG_IGN);
   try {
     const int rc = run_cli(argc, argv);
     mmfl::engine::comm::finalize();

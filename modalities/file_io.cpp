@@ -121,7 +121,9 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
   auto fail = [&](const char* step, int err) {
     ::unlink(tmp.c_str());
     MMFL_FAIL("cannot write '", path, "' (", step, " '", tmp, "'): ", errno_text(err),
-              err == ENOSPC ? " (disk full)" : "");
+              err == ENOSPC  ? " (disk full)"
+              : err == EFBIG ? " (over the file-size limit, ulimit -f)"
+                             : "");
   };
   {
     Fd f;

@@ -363,6 +363,24 @@ TEST_F(Faults, NonFiniteCheckpointIsRefusedWithTheEarlierOne) {
   EXPECT_NE(msg.find("--from-checkpoint 1"), std::string::npos) << msg;
 }
 
+// A second review: past the file-size limit (ulimit -f) the process was killed by SIGXFSZ
+// (exit 153, no message); writes fail with EFBIG instead, reported naming the file.
+TEST_F(Faults, FileSizeLimitIsAnErrorNamingTheFile) {
+  fs::create_directories(base_);
+  const auto cfg = (base_ / "c.yaml").string();
+  std::ofstream(cfg) << kTiny << "\n";
+  const auto err = (base_ / "err.txt").string();
+  const std::string cmd = "ulimit -f 100; exec " + std::string(MMFL_BINARY) + " run " + cfg +
+                          " --set data.root=" + data_root() + " --quiet --out " +
+                          (base_ / "run").string() + " 2> " + err;
+  const int rc = std::system(("sh -c '" + cmd + "'").c_str());
+  std::ifstream in(err);
+  const std::string text((std::istreambuf_iterator<char>(in)), {});
+  ASSERT_TRUE(WIFEXITED(rc)) << "killed by signal " << WTERMSIG(rc);
+  EXPECT_EQ(WEXITSTATUS(rc), 2) << text;
+  EXPECT_NE(text.find("File too large"), std::string::npos) << text;
+}
+
 TEST_F(Faults, ConfigRefusesTrailingDotsControlCharactersAndImpossibleRetrieval) {
   auto msg = error_of([] { tiny({"train.lr.=0.5"}); });
   EXPECT_NE(msg.find("empty part in key path 'train.lr.'"), std::string::npos) << msg;
