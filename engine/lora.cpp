@@ -406,6 +406,14 @@ LoraStrategy::LoraStrategy(const Config& cfg, const FederatedData& data, std::st
   global_.image->to(dev);
   global_.text->to(dev);
   layout_ = lora_layout(*global_.text, cfg.lora_fed.rule);
+  // Densities given as counts are checked against the adapter now, before the run directory is
+  // written, not in the first round.
+  if (!merges(cfg.lora_fed.rule) && layout_.sent.numel() > 0) {
+    fusion::ops::topk_count(cfg.lora_fed.upload_density, layout_.sent.numel(),
+                            "config key 'lora.upload_density'");
+    fusion::ops::topk_count(cfg.lora_fed.download_density, layout_.sent.numel(),
+                            "config key 'lora.download_density'");
+  }
   const auto& mode = cfg.lora_fed.cohort;
   if (cfg.lora_fed.rule != LoraRule::kNone && (mode == "on" || (mode == "auto" && dev.is_cuda())))
     cohort_ = std::make_unique<LoraCohortTrainer>(cfg, data);

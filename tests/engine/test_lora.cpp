@@ -119,6 +119,22 @@ checkpoint: {every: 1, keep: 3}
   }
 };
 
+// A black-box review (2026-11-29): a density given as a count larger than the adapter failed in
+// the first round, leaving a run directory that the same command could not reuse; it is now
+// refused before the directory is written.
+TEST_F(LoraRun, DensityCountLargerThanTheAdapterIsRefusedBeforeTheRun) {
+  for (const char* key : {"lora.upload_density=1e12", "lora.download_density=1e12"}) {
+    auto o = opts("count");
+    try {
+      run_experiment(config({"lora.rule=fedavg", key}), o);
+      ADD_FAILURE() << key << " was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(e.reason().find("exceeds the number of values"), std::string::npos) << e.reason();
+    }
+    EXPECT_FALSE(std::filesystem::exists(o.out_dir)) << key;
+  }
+}
+
 // Entries of the adapter vector each rule sends per text-holding client.
 TEST_F(LoraRun, EachRuleSendsItsFactorsAndNothingElse) {
   // Tiny model: hidden 8, 2 layers, query and value adapted at rank 2: 4 layers, A and B 16
