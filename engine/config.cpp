@@ -446,6 +446,9 @@ Config parse_config(const YAML::Node& root, const std::string& origin) {
     k.server_lr = s.get_double("server_lr", k.server_lr, 1e-9, 100);
     k.public_batch_size = s.get_int("public_batch_size", k.public_batch_size, 2, 1 << 20);
     k.dump_round = s.get_int("dump_round", k.dump_round, 0, c.rounds);
+    MMFL_CHECK(k.dump_round == 0 || c.strategy != StrategyKind::kPublicOnly,
+               "config key 'creamfl.dump_round' dumps the clients' representations and their "
+               "ensemble; strategy public_only has none (use strategy creamfl)");
     s.finish();
   }
   {

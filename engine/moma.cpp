@@ -367,6 +367,14 @@ RoundStats MomaStrategy::run_round(const std::vector<const ClientSpec*>& cohort,
       s.skipped.push_back(id);
   s.extra["moe_experts_updated"] = rep.experts_updated;
   s.extra["moe_experts_untouched"] = rep.experts_untouched;
+  // The sampled clients holding each modality, as the other strategies' rows have them.
+  int64_t image_clients = 0, text_clients = 0;
+  for (const auto* c : cohort) {
+    image_clients += holds_image(c->kind) ? 1 : 0;
+    text_clients += holds_text(c->kind) ? 1 : 0;
+  }
+  s.extra["image_clients"] = image_clients;
+  s.extra["text_clients"] = text_clients;
   load_metrics(*global_, expert_tokens(*global_, updates, cfg_.moe.layers, reduce), cfg_.moe.layers,
                s.extra);
   return s;

@@ -98,11 +98,13 @@ void MpiComm::wait(MPI_Request& req, const std::string& op, int64_t bytes) {
     check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), op);
     if (done) return;
     if (Clock::now() > deadline)
-      MMFL_FAIL("comm (mpi): rank ", rank_, " of ", size_, ": ", op, " (", mb(bytes),
-                ") did not finish within comm.timeout_s = ", timeout_s_,
-                " s: another rank died or stalled before joining it; every rank is stopped. "
-                "The last checkpoint is intact: resume with mmfl run --resume (raise "
-                "comm.timeout_s if ranks are only slow)");
+      MMFL_FAIL(
+          "comm (mpi): rank ", rank_, " of ", size_, ": ", op, " (", mb(bytes),
+          ") did not finish within comm.timeout_s = ", timeout_s_,
+          " s: another rank died or stalled before joining it; every rank is stopped. "
+          "Checkpoints already written are intact (with none yet, a resume starts at round 1): "
+          "resume with mmfl run --resume (raise "
+          "comm.timeout_s if ranks are only slow)");
     // Spin briefly for latency, then yield the core (ranks may share cores).
     if (++polls > 256) std::this_thread::sleep_for(std::chrono::microseconds(50));
   }

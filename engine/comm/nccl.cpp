@@ -170,10 +170,12 @@ class NcclComm : public Communicator {
         comm_ = nullptr;
         char mbs[32];
         std::snprintf(mbs, sizeof(mbs), "%.2f MB", double(bytes) / 1e6);
-        MMFL_FAIL("comm (nccl): rank ", rank(), " of ", size(), ": ", op, " (", mbs,
-                  ") did not finish within comm.timeout_s = ", timeout_s_,
-                  " s: another rank died or stalled before joining it; every rank is stopped. "
-                  "The last checkpoint is intact: resume with mmfl run --resume");
+        MMFL_FAIL(
+            "comm (nccl): rank ", rank(), " of ", size(), ": ", op, " (", mbs,
+            ") did not finish within comm.timeout_s = ", timeout_s_,
+            " s: another rank died or stalled before joining it; every rank is stopped. "
+            "Checkpoints already written are intact (with none yet, a resume starts at round 1): "
+            "resume with mmfl run --resume");
       }
       if (polls > 256) std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
