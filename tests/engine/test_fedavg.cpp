@@ -31,8 +31,8 @@ TEST(FedAvg, ExactOnSmallIntegersWithUnequalWeights) {
   const auto text_before = g.text->flat();
   // Samples 1, 3 and 4: weights 1/8, 3/8, 4/8, exact in binary.
   std::vector<Update> ups = {update(0, ClientKind::kImage, 1, a, {}),
-                                   update(1, ClientKind::kPaired, 3, b, t1),
-                                   update(2, ClientKind::kImage, 4, c, {})};
+                             update(1, ClientKind::kPaired, 3, b, t1),
+                             update(2, ClientKind::kImage, 4, c, {})};
   const auto rep = FedAvg().aggregate(ups, g);
   EXPECT_EQ(rep.image_clients, 3);
   EXPECT_EQ(rep.text_clients, 1);
