@@ -687,7 +687,17 @@ Config parse_config_text(const std::string& yaml, const std::vector<std::string>
   check_duplicate_keys(root, "");
   for (const auto& o : overrides)
     apply_override(root, o);
-  return parse_config(root, "<text>");
+  Config c = parse_config(root, "<text>");
+  const YAML::Node& given = root;  // const: lookups do not insert
+  auto set = [&](const char* key) { return given[key].IsDefined() && !given[key].IsNull(); };
+  const auto s = c.strategy;
+  if (set("lora") && s != StrategyKind::kLora)
+    c.unused_sections.push_back("'lora' (read by strategy lora)");
+  if (set("moe") && s != StrategyKind::kMoma)
+    c.unused_sections.push_back("'moe' (read by strategy moma)");
+  if (set("creamfl") && s != StrategyKind::kCreamFl && s != StrategyKind::kPublicOnly)
+    c.unused_sections.push_back("'creamfl' (read by strategies creamfl and public_only)");
+  return c;
 }
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {

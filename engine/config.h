@@ -173,6 +173,10 @@ struct Config {
   int64_t checkpoint_every = 5;
   int64_t checkpoint_keep = 2;
   std::string resolved_yaml;  // every key with its value, defaults included
+  // Sections the config sets that its strategy never reads ("lora: ... is read by strategy
+  // lora"), for a warning where a config is given (run, validate); a resolved config.yaml holds
+  // every section, so these mean nothing for one read back from a run directory.
+  std::vector<std::string> unused_sections;
 };
 
 // Parses `path`, applying `overrides` ("a.b.c=value", YAML scalars) first.

@@ -156,8 +156,14 @@ int run_cli(int argc, char** argv) {
     return 2;
   }
 
+  auto warn_unused = [](const Config& cfg) {
+    for (const auto& u : cfg.unused_sections)
+      std::cerr << "mmfl: warning: config section " << u << " is set, but this config's strategy "
+                << "does not read it" << std::endl;
+  };
   if (*validate) {
     const Config cfg = load_config(validate_path, validate_overrides);
+    warn_unused(cfg);
     std::cout << cfg.resolved_yaml;
     std::cerr << "mmfl: " << validate_path << " is valid" << std::endl;
     return 0;
@@ -226,7 +232,9 @@ int run_cli(int argc, char** argv) {
   } else {
     MMFL_CHECK(!config_path.empty(), "mmfl run needs a CONFIG file or --resume RUN_DIR");
     MMFL_CHECK(from_checkpoint.empty(), "--from-checkpoint goes with --resume RUN_DIR");
-    s = run_experiment(load_config(config_path, overrides), opts);
+    const Config cfg = load_config(config_path, overrides);
+    if (mmfl::engine::comm::launch_info().rank <= 0) warn_unused(cfg);  // rank 0 alone
+    s = run_experiment(cfg, opts);
   }
   if (mmfl::engine::comm::world().rank() != 0) return s.signal ? 128 + s.signal : 0;
   const auto& e = s.last_eval;

@@ -77,6 +77,18 @@ TEST(Config, UnknownKeyNamesKeyAndAllowed) {
 
 // Aliases are YAML and work; a tree that aliases expand past 100,000 values, or nested deeper than
 // 64 levels, is refused before anything walks it (a walk over 10^10 values does not end).
+// Sections the strategy never reads are reported (a warning at run and validate), not ignored
+// silently; a section of the config's own strategy is not.
+TEST(Config, SectionsTheStrategyDoesNotReadAreReported) {
+  const auto fedavg = parse_config_text("name: x\nlora: {rank: 4}\nmoe: {layers: 1}\n");
+  ASSERT_EQ(fedavg.unused_sections.size(), 2u);
+  EXPECT_NE(fedavg.unused_sections[0].find("'lora'"), std::string::npos);
+  EXPECT_NE(fedavg.unused_sections[1].find("'moe'"), std::string::npos);
+  const auto creamfl =
+      parse_config_text("name: x\nstrategy: {name: creamfl}\ncreamfl: {kd_weight: 1}\n");
+  EXPECT_TRUE(creamfl.unused_sections.empty());
+}
+
 TEST(Config, AliasesWorkButTheirExpansionIsBounded) {
   const auto cfg = engine::parse_config_text("seed: &s 7\nrounds: *s\n");
   EXPECT_EQ(cfg.rounds, 7);
