@@ -490,7 +490,8 @@ class Experiment {
                ", then start the run again");
     MMFL_CHECK(!e.collapsed, "training collapsed by round ", round, ": the ", strategy_model(),
                " maps every test input to the same features; ", divergence_keys(),
-               ", then start the run again");
+               ", then start the run again (if the rate is already small, look at the data and "
+               "the model's sizes: constant images or a tiny model.embed_dim collapse too)");
   }
 
   std::string strategy_model() const {
