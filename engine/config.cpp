@@ -695,8 +695,12 @@ Config parse_config_text(const std::string& yaml, const std::vector<std::string>
     c.unused_sections.push_back("'lora' (read by strategy lora)");
   if (set("moe") && s != StrategyKind::kMoma)
     c.unused_sections.push_back("'moe' (read by strategy moma)");
-  if (set("creamfl") && s != StrategyKind::kCreamFl && s != StrategyKind::kPublicOnly)
+  const bool creamfl_like = s == StrategyKind::kCreamFl || s == StrategyKind::kPublicOnly;
+  if (set("creamfl") && !creamfl_like)
     c.unused_sections.push_back("'creamfl' (read by strategies creamfl and public_only)");
+  if (given["model"].IsMap() && given["model"]["server"].IsDefined() &&
+      !given["model"]["server"].IsNull() && !creamfl_like)
+    c.unused_sections.push_back("'model.server' (the server model of creamfl and public_only)");
   return c;
 }
 

@@ -84,6 +84,9 @@ TEST(Config, SectionsTheStrategyDoesNotReadAreReported) {
   ASSERT_EQ(fedavg.unused_sections.size(), 2u);
   EXPECT_NE(fedavg.unused_sections[0].find("'lora'"), std::string::npos);
   EXPECT_NE(fedavg.unused_sections[1].find("'moe'"), std::string::npos);
+  EXPECT_EQ(parse_config_text("name: x\nmodel: {server: {image_encoder: {width: 8}}}\n")
+                .unused_sections.size(),
+            1u);
   const auto creamfl =
       parse_config_text("name: x\nstrategy: {name: creamfl}\ncreamfl: {kd_weight: 1}\n");
   EXPECT_TRUE(creamfl.unused_sections.empty());
