@@ -698,9 +698,18 @@ Config parse_config_text(const std::string& yaml, const std::vector<std::string>
   const bool creamfl_like = s == StrategyKind::kCreamFl || s == StrategyKind::kPublicOnly;
   if (set("creamfl") && !creamfl_like)
     c.unused_sections.push_back("'creamfl' (read by strategies creamfl and public_only)");
-  if (given["model"].IsMap() && given["model"]["server"].IsDefined() &&
-      !given["model"]["server"].IsNull() && !creamfl_like)
+  auto model_has = [&](const char* key) {
+    return given["model"].IsMap() && given["model"][key].IsDefined() &&
+           !given["model"][key].IsNull();
+  };
+  if (model_has("server") && !creamfl_like)
     c.unused_sections.push_back("'model.server' (the server model of creamfl and public_only)");
+  if (s == StrategyKind::kMoma)
+    for (const char* key : {"image_encoder", "text_encoder", "kinds"})
+      if (model_has(key))
+        c.unused_sections.push_back(std::string("'model.") + key +
+                                    "' (MoMa builds its transformer from 'moe:' and "
+                                    "model.embed_dim)");
   return c;
 }
 

@@ -87,6 +87,10 @@ TEST(Config, SectionsTheStrategyDoesNotReadAreReported) {
   EXPECT_EQ(parse_config_text("name: x\nmodel: {server: {image_encoder: {width: 8}}}\n")
                 .unused_sections.size(),
             1u);
+  const auto moma = parse_config_text(
+      "name: x\nstrategy: {name: moma}\nmodel: {embed_dim: 8, image_encoder: {width: 8}}\n");
+  ASSERT_EQ(moma.unused_sections.size(), 1u);
+  EXPECT_NE(moma.unused_sections[0].find("'model.image_encoder'"), std::string::npos);
   const auto creamfl =
       parse_config_text("name: x\nstrategy: {name: creamfl}\ncreamfl: {kd_weight: 1}\n");
   EXPECT_TRUE(creamfl.unused_sections.empty());
