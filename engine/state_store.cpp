@@ -48,7 +48,7 @@ std::string ClientStateStore::spill_path(int64_t id) const {
   return (fs::path(dir_) / ("client_" + std::to_string(id) + ".ckpt")).string();
 }
 
-ClientState ClientStateStore::read_spill(int64_t id) const {
+ClientState ClientStateStore::read_spill(int64_t id, uint64_t seq) const {
   const auto path = spill_path(id);
   Checkpoint ck;
   try {
@@ -59,8 +59,15 @@ ClientState ClientStateStore::read_spill(int64_t id) const {
     if (why.rfind("checkpoint '", 0) == 0) why = "client state file '" + why.substr(12);
     MMFL_FAIL(why, " (client ", id, "'s spilled state)");
   }
-  MMFL_CHECK(ck.config_hash == spill_tag(id), "client state file '", path, "' holds '",
-             ck.config_hash, "', not the state of client ", id);
+  // The tag is "client-state/<id>#<spill>": the client, and which spill wrote the file, so that
+  // an older copy put back in its place is refused too.
+  const std::string tag = ck.config_hash.substr(0, ck.config_hash.find('#'));
+  MMFL_CHECK(tag == spill_tag(id), "client state file '", path, "' holds '", tag,
+             "', not the state of client ", id);
+  const std::string want = spill_tag(id) + "#" + std::to_string(seq);
+  MMFL_CHECK(ck.config_hash == want, "client state file '", path, "' is another copy of client ",
+             id, "'s state than the one this run wrote (it says '", ck.config_hash, "', expected '",
+             want, "'); the file was replaced while the run went on");
   return ClientState(ck.tensors.begin(), ck.tensors.end());
 }
 
@@ -84,7 +91,7 @@ std::optional<ClientState> ClientStateStore::find(int64_t id) {
     touch(e, id);
     return e.state;
   }
-  ClientState s = read_spill(id);
+  ClientState s = read_spill(id, e.spill_seq);
   // Resident again: the file is kept until the entry is written again or spilled anew.
   e.state = s;
   e.spilled = false;
@@ -131,7 +138,8 @@ void ClientStateStore::enforce_budget() {
     Entry& e = entries_.at(victim);
     if (!fs::exists(dir_)) fs::create_directories(dir_);
     Checkpoint ck;
-    ck.config_hash = spill_tag(victim);
+    e.spill_seq = ++spill_seq_;
+    ck.config_hash = spill_tag(victim) + "#" + std::to_string(e.spill_seq);
     ck.tensors.insert(e.state.begin(), e.state.end());
     save_checkpoint(spill_path(victim), ck);  // atomic: temp file, fsync, rename
     lru_.pop_back();
@@ -168,7 +176,7 @@ std::vector<int64_t> ClientStateStore::ids() const {
 void ClientStateStore::save(Checkpoint& ck) const {
   std::lock_guard<std::mutex> lock(mu_);
   for (const auto& [id, e] : entries_) {
-    const ClientState s = e.spilled ? read_spill(id) : e.state;
+    const ClientState s = e.spilled ? read_spill(id, e.spill_seq) : e.state;
     for (const auto& [name, t] : s)
       ck.tensors[kPrefix + std::to_string(id) + "/" + name] = t;
   }

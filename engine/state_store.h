@@ -51,12 +51,13 @@ class ClientStateStore {
   struct Entry {
     ClientState state;  // empty while spilled
     bool spilled = false;
+    uint64_t spill_seq = 0;  // which spill of this store wrote its file (recorded in the file)
     int64_t bytes = 0;
     std::list<int64_t>::iterator lru;  // position in lru_ (front: most recently used)
   };
 
   std::string spill_path(int64_t id) const;
-  ClientState read_spill(int64_t id) const;
+  ClientState read_spill(int64_t id, uint64_t seq) const;
   void touch(Entry& e, int64_t id);
   void enforce_budget();
 
@@ -67,6 +68,7 @@ class ClientStateStore {
   std::map<int64_t, Entry> entries_;
   std::list<int64_t> lru_;  // resident entries only
   int64_t resident_ = 0, spilled_ = 0;
+  uint64_t spill_seq_ = 0;  // spills so far
 };
 
 }  // namespace mmfl::engine

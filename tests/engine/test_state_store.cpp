@@ -152,6 +152,26 @@ TEST_F(StateStore, SpillFolderLayoutsAndMessages) {
   }
 }
 
+// The same review: an older copy of a client's spill file put back during a run was read as its
+// current state (the file named its client but not which spill wrote it).
+TEST_F(StateStore, OlderCopyOfASpillFileIsRefused) {
+  ClientStateStore s(60, dir_.string());
+  s.put(1, state(1, 10));
+  s.put(2, state(2, 10));  // client 1 spills
+  const auto file = dir_ / "client_1.ckpt", old = dir_ / "old.bin";
+  fs::copy_file(file, old);
+  ASSERT_TRUE(s.find(1).has_value());  // back in memory; client 2 spills
+  s.put(1, state(7, 10));
+  ASSERT_TRUE(s.find(2).has_value());  // client 1 spills again, with the new state
+  fs::copy_file(old, file, fs::copy_options::overwrite_existing);
+  try {
+    s.find(1);
+    FAIL() << "an older copy of a spill file was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(e.reason().find("another copy of client 1's state"), std::string::npos) << e.reason();
+  }
+}
+
 TEST_F(StateStore, ConcurrentPutAndFind) {
   ClientStateStore s(500, dir_.string());
   std::vector<std::thread> th;
