@@ -41,10 +41,10 @@ void save_checkpoint(const std::string& path, const Checkpoint& ckpt) {
   modalities::write_file_atomic(path, serialize_checkpoint(std::move(layout), data));
 }
 
-Checkpoint load_checkpoint(const std::string& path) {
+Checkpoint load_checkpoint(const std::string& path, const std::string& what) {
   // 64 GiB: far above any model mmfl trains, and refused before a byte is allocated.
-  const std::string bytes = modalities::read_regular_file(path, uint64_t(64) << 30, "checkpoint");
-  const CheckpointLayout layout = parse_checkpoint(bytes, path);
+  const std::string bytes = modalities::read_regular_file(path, uint64_t(64) << 30, what.c_str());
+  const CheckpointLayout layout = parse_checkpoint(bytes, path, what);
   Checkpoint ck;
   ck.round = layout.round;
   ck.config_hash = layout.config_hash;

@@ -22,7 +22,8 @@ struct Checkpoint {
 
 void save_checkpoint(const std::string& path, const Checkpoint& ckpt);
 // Throws mmfl::Error naming the file and what is wrong (offset, CRC) for a damaged file.
-Checkpoint load_checkpoint(const std::string& path);
+// `what` names the kind of file in messages (the state store's spill files share the format).
+Checkpoint load_checkpoint(const std::string& path, const std::string& what = "checkpoint");
 
 // Writes `text` to `path` through a temp file and rename (never a half-written file).
 void write_file_atomic(const std::string& path, const std::string& text);

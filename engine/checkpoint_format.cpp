@@ -86,20 +86,21 @@ std::string serialize_checkpoint(CheckpointLayout layout, const std::vector<cons
   return bytes;
 }
 
-CheckpointLayout parse_checkpoint(const std::string& bytes, const std::string& path) {
-  MMFL_CHECK(bytes.size() >= kFixed + 4, "checkpoint '", path, "' is corrupt: ", bytes.size(),
+CheckpointLayout parse_checkpoint(const std::string& bytes, const std::string& path,
+                                  const std::string& what) {
+  MMFL_CHECK(bytes.size() >= kFixed + 4, what, " '", path, "' is corrupt: ", bytes.size(),
              " bytes, shorter than the ", kFixed + 4, "-byte minimum (truncated write?)");
-  MMFL_CHECK(std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) == 0, "checkpoint '", path,
+  MMFL_CHECK(std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) == 0, what, " '", path,
              "' is corrupt: bad magic at byte offset 0 (not an mmfl checkpoint)");
   const auto version = get<uint32_t>(bytes, 8);
-  MMFL_CHECK(version == kVersion, "checkpoint '", path, "': format version ", version,
+  MMFL_CHECK(version == kVersion, what, " '", path, "': format version ", version,
              " at byte offset 8, this build reads version ", kVersion);
   const uint32_t stored = get<uint32_t>(bytes, bytes.size() - 4);
   const uint32_t actual = crc_of(bytes.data(), bytes.size() - 4);
-  MMFL_CHECK(stored == actual, "checkpoint '", path, "' is corrupt: CRC-32 mismatch over its ",
+  MMFL_CHECK(stored == actual, what, " '", path, "' is corrupt: CRC-32 mismatch over its ",
              bytes.size() - 4, " bytes (stored ", stored, ", computed ", actual, ")");
   const auto header_len = get<uint64_t>(bytes, 12);
-  MMFL_CHECK(header_len <= bytes.size() - kFixed - 4, "checkpoint '", path,
+  MMFL_CHECK(header_len <= bytes.size() - kFixed - 4, what, " '", path,
              "' is corrupt: header length ", header_len,
              " at byte offset 12 runs past the end of the file");
   const uint64_t data_start = kFixed + header_len;
@@ -108,46 +109,46 @@ CheckpointLayout parse_checkpoint(const std::string& bytes, const std::string& p
   try {
     meta = nlohmann::json::parse(bytes.begin() + kFixed, bytes.begin() + long(data_start));
   } catch (const nlohmann::json::exception& e) {
-    MMFL_FAIL("checkpoint '", path, "' is corrupt: header at byte offset ", kFixed,
+    MMFL_FAIL(what, " '", path, "' is corrupt: header at byte offset ", kFixed,
               " is not JSON: ", e.what());
   }
   CheckpointLayout ck;
   try {
-    MMFL_CHECK(meta.is_object() && meta.at("tensors").is_array(), "checkpoint '", path,
+    MMFL_CHECK(meta.is_object() && meta.at("tensors").is_array(), what, " '", path,
                "' is corrupt: header at byte offset ", kFixed, " is not an object with 'tensors'");
     ck.round = meta.at("round").get<int64_t>();
     ck.config_hash = meta.at("config_hash").get<std::string>();
     if (meta.contains("vocab_hash")) ck.vocab_hash = meta.at("vocab_hash").get<std::string>();
-    MMFL_CHECK(ck.round >= 0, "checkpoint '", path, "' is corrupt: round ", ck.round);
+    MMFL_CHECK(ck.round >= 0, what, " '", path, "' is corrupt: round ", ck.round);
     uint64_t expect = 0;  // relative offset the next tensor must start at
     for (const auto& t : meta.at("tensors")) {
       CheckpointEntry e;
       e.name = t.at("name").get<std::string>();
-      MMFL_CHECK(ck.tensors.empty() || ck.tensors.back().name < e.name, "checkpoint '", path,
+      MMFL_CHECK(ck.tensors.empty() || ck.tensors.back().name < e.name, what, " '", path,
                  "' is corrupt: tensor '", e.name, "' is out of order or repeated in the header");
       e.shape = t.at("shape").get<std::vector<int64_t>>();
       uint64_t numel = 1;
       for (int64_t d : e.shape) {
-        MMFL_CHECK(d >= 0 && uint64_t(d) <= data_len / 4, "checkpoint '", path,
+        MMFL_CHECK(d >= 0 && uint64_t(d) <= data_len / 4, what, " '", path,
                    "' is corrupt: tensor '", e.name, "' has dimension ", d);
         numel *= uint64_t(d);
-        MMFL_CHECK(numel <= data_len / 4, "checkpoint '", path, "' is corrupt: tensor '", e.name,
+        MMFL_CHECK(numel <= data_len / 4, what, " '", path, "' is corrupt: tensor '", e.name,
                    "' is larger than the file's ", data_len, " data bytes");
       }
       const uint64_t rel = t.at("offset").get<uint64_t>();
-      MMFL_CHECK(rel == expect, "checkpoint '", path, "' is corrupt: tensor '", e.name,
+      MMFL_CHECK(rel == expect, what, " '", path, "' is corrupt: tensor '", e.name,
                  "' claims data offset ", rel, ", but the tensors before it end at ", expect);
-      MMFL_CHECK(numel * 4 <= data_len - rel, "checkpoint '", path, "' is corrupt: tensor '",
-                 e.name, "' at byte offset ", data_start + rel, " runs past the end");
+      MMFL_CHECK(numel * 4 <= data_len - rel, what, " '", path, "' is corrupt: tensor '", e.name,
+                 "' at byte offset ", data_start + rel, " runs past the end");
       e.numel = numel;
       e.offset = data_start + rel;
       expect = rel + numel * 4;
       ck.tensors.push_back(std::move(e));
     }
-    MMFL_CHECK(expect == data_len, "checkpoint '", path, "' is corrupt: ", data_len - expect,
+    MMFL_CHECK(expect == data_len, what, " '", path, "' is corrupt: ", data_len - expect,
                " unexplained bytes at byte offset ", data_start + expect);
   } catch (const nlohmann::json::exception& e) {
-    MMFL_FAIL("checkpoint '", path, "' is corrupt: header misses a field: ", e.what());
+    MMFL_FAIL(what, " '", path, "' is corrupt: header misses a field: ", e.what());
   }
   return ck;
 }

@@ -24,9 +24,10 @@ struct CheckpointLayout {
   std::vector<CheckpointEntry> tensors;  // ascending by name, contiguous, covering the data
 };
 
-// Parses and checks `bytes` (the whole file; `path` only names it in messages). Throws
-// mmfl::Error naming the path, the byte offset and what is wrong.
-CheckpointLayout parse_checkpoint(const std::string& bytes, const std::string& path);
+// Parses and checks `bytes` (the whole file; `path` and `what`, the kind of file, only name it in
+// messages). Throws mmfl::Error naming the path, the byte offset and what is wrong.
+CheckpointLayout parse_checkpoint(const std::string& bytes, const std::string& path,
+                                  const std::string& what = "checkpoint");
 
 // The file for `layout` whose tensors' fp32 data is `data[i]` (numel floats each); fills in the
 // offsets.

@@ -17,6 +17,9 @@ namespace mmfl::engine {
 
 namespace {
 
+// The widest encoder a config may give (and the server model's derived width at most).
+constexpr int64_t kMaxEncoderWidth = 65536;
+
 // One YAML mapping being read: remembers which keys were asked for, so leftovers are reported
 // as unknown, and records every resolved value into `out` for the run directory.
 class Section {
@@ -160,7 +163,7 @@ modalities::ImageEncoderConfig parse_image_encoder(Section& parent, const std::s
   Section e = parent.child(key);
   def.kind = modalities::image_encoder_kind_from(
       e.get_choice("kind", modalities::to_string(def.kind), {"cnn", "mlp"}));
-  def.width = e.get_int("width", def.width, 1, 65536);
+  def.width = e.get_int("width", def.width, 1, kMaxEncoderWidth);
   def.depth = e.get_int("depth", def.depth, 0, 16);
   e.finish();
   return def;
@@ -171,7 +174,7 @@ modalities::TextEncoderConfig parse_text_encoder(Section& parent, const std::str
   Section e = parent.child(key);
   def.kind = modalities::text_encoder_kind_from(
       e.get_choice("kind", modalities::to_string(def.kind), {"bow", "transformer", "minilm"}));
-  def.width = e.get_int("width", def.width, 1, 65536);
+  def.width = e.get_int("width", def.width, 1, kMaxEncoderWidth);
   def.depth = e.get_int("depth", def.depth, 0, 16);
   def.heads = e.get_int("heads", def.heads, 1, 256);
   e.finish();
@@ -377,9 +380,9 @@ Config parse_config(const YAML::Node& root, const std::string& origin) {
       // widths a config may give, so that a default never fails a check the user cannot see).
       Section srv = s.child("server");
       auto wide_img = m.image;
-      wide_img.width = std::min<int64_t>(2 * wide_img.width, 65536);
+      wide_img.width = std::min(2 * wide_img.width, kMaxEncoderWidth);
       auto wide_txt = m.text;
-      wide_txt.width = std::min<int64_t>(2 * wide_txt.width, 65536);
+      wide_txt.width = std::min(2 * wide_txt.width, kMaxEncoderWidth);
       m.server_image = parse_image_encoder(srv, "image_encoder", wide_img);
       m.server_text = parse_text_encoder(srv, "text_encoder", wide_txt);
       srv.finish();
@@ -688,20 +691,20 @@ Config parse_config_text(const std::string& yaml, const std::vector<std::string>
   for (const auto& o : overrides)
     apply_override(root, o);
   Config c = parse_config(root, "<text>");
-  const YAML::Node& given = root;  // const: lookups do not insert
-  auto set = [&](const char* key) { return given[key].IsDefined() && !given[key].IsNull(); };
+  // Whether the config (not its defaults) sets `key` in `node`; const: lookups do not insert.
+  auto has = [](const YAML::Node& node, const char* key) {
+    return node.IsMap() && node[key].IsDefined() && !node[key].IsNull();
+  };
+  const YAML::Node& given = root;
+  auto model_has = [&](const char* key) { return has(given["model"], key); };
   const auto s = c.strategy;
-  if (set("lora") && s != StrategyKind::kLora)
+  if (has(given, "lora") && s != StrategyKind::kLora)
     c.unused_sections.push_back("'lora' (read by strategy lora)");
-  if (set("moe") && s != StrategyKind::kMoma)
+  if (has(given, "moe") && s != StrategyKind::kMoma)
     c.unused_sections.push_back("'moe' (read by strategy moma)");
   const bool creamfl_like = s == StrategyKind::kCreamFl || s == StrategyKind::kPublicOnly;
-  if (set("creamfl") && !creamfl_like)
+  if (has(given, "creamfl") && !creamfl_like)
     c.unused_sections.push_back("'creamfl' (read by strategies creamfl and public_only)");
-  auto model_has = [&](const char* key) {
-    return given["model"].IsMap() && given["model"][key].IsDefined() &&
-           !given["model"][key].IsNull();
-  };
   if (model_has("server") && !creamfl_like)
     c.unused_sections.push_back("'model.server' (the server model of creamfl and public_only)");
   if (s == StrategyKind::kMoma)

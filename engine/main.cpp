@@ -182,7 +182,7 @@ int run_cli(int argc, char** argv) {
     std::vector<std::string> metrics;
     std::stringstream ss(report_metrics);
     for (std::string m; std::getline(ss, m, ',');)
-      if (!trim_blanks(m).empty()) metrics.push_back(trim_blanks(m));
+      if (const std::string t = trim_blanks(m); !t.empty()) metrics.push_back(t);
     const RunSet set = collect_runs(report_dirs);
     for (const auto& [dir, why] : set.left_out)
       std::cerr << "mmfl: left out " << dir << " (" << why << ")" << std::endl;

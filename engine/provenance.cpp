@@ -39,6 +39,10 @@ std::string command_line() {
   return all;
 }
 
+bool is_record(const nlohmann::json& doc) {
+  return doc.is_object() && doc.contains("sessions") && doc["sessions"].is_array();
+}
+
 }  // namespace
 
 BuildInfo build_info() {
@@ -67,7 +71,7 @@ ProvenanceLog::ProvenanceLog(const std::string& run_dir, const std::string& devi
     }
     // A damaged record is never fatal to the run, and never silently dropped: it is kept beside
     // the new one.
-    if (!doc_.is_object() || !doc_.contains("sessions") || !doc_["sessions"].is_array()) {
+    if (!is_record(doc_)) {
       const std::string kept = path_ + ".damaged";
       std::error_code ec;
       fs::rename(path_, kept, ec);
@@ -77,8 +81,7 @@ ProvenanceLog::ProvenanceLog(const std::string& run_dir, const std::string& devi
                 << ", and a new record starts with this session" << std::endl;
     }
   }
-  if (!doc_.is_object() || !doc_.contains("sessions") || !doc_["sessions"].is_array())
-    doc_ = {{"sessions", nlohmann::json::array()}};
+  if (!is_record(doc_)) doc_ = {{"sessions", nlohmann::json::array()}};
   const BuildInfo b = build_info();
   char host[256] = "unknown";
   gethostname(host, sizeof(host) - 1);

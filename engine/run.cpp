@@ -265,23 +265,17 @@ class Experiment {
 
     int64_t start = 0;
     const auto metrics_path = dir_ / "metrics.jsonl";
+    // The vocabulary's hash goes into every checkpoint: a resume with another vocab.txt (the
+    // model's token ids would mean other words) is refused.
+    vocab_hash_ = fnv1a_hex(data.tokenizer->text());
     if (lead()) {
-      if (!resume) {
-        create_dir(dir_ / "checkpoints");
-        write_file_atomic((dir_ / "config.yaml").string(), cfg_.resolved_yaml);
-      }
+      create_dir(dir_ / "checkpoints");
+      if (!resume) write_file_atomic((dir_ / "config.yaml").string(), cfg_.resolved_yaml);
       if (!have_vocab) data.tokenizer->save(vocab.string());
-      // The vocabulary's hash goes into every checkpoint: a resume with another vocab.txt (the
-      // model's token ids would mean other words) is refused.
-      vocab_hash_ = fnv1a_hex(
-          modalities::read_regular_file(vocab.string(), uint64_t(1) << 30, "vocabulary file"));
     }
     if (resume) {
       start = load_resume_checkpoint(*strategy, config_hash);
-      if (lead()) {
-        create_dir(dir_ / "checkpoints");
-        reconcile_metrics(metrics_path, start);
-      }
+      if (lead()) reconcile_metrics(metrics_path, start);
     }
     if (lead()) provenance.emplace(dir_.string(), device.str(), resume);
 
@@ -722,7 +716,7 @@ class Experiment {
   fs::path dir_;
   RunOptions opts_;
   Eta eta_;
-  std::string vocab_hash_;  // of vocab.txt (rank 0)
+  std::string vocab_hash_;  // of the vocabulary (vocab.txt's text)
 };
 
 std::string timestamp() {

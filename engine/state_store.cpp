@@ -50,15 +50,7 @@ std::string ClientStateStore::spill_path(int64_t id) const {
 
 ClientState ClientStateStore::read_spill(int64_t id, uint64_t seq) const {
   const auto path = spill_path(id);
-  Checkpoint ck;
-  try {
-    ck = load_checkpoint(path);  // refuses a damaged file, naming it
-  } catch (const Error& e) {
-    // The format is the checkpoints', the file is not one: say what it is.
-    std::string why = e.reason();
-    if (why.rfind("checkpoint '", 0) == 0) why = "client state file '" + why.substr(12);
-    MMFL_FAIL(why, " (client ", id, "'s spilled state)");
-  }
+  const Checkpoint ck = load_checkpoint(path, "client state file");  // refuses a damaged file
   // The tag is "client-state/<id>#<spill>": the client, and which spill wrote the file, so that
   // an older copy put back in its place is refused too.
   const std::string tag = ck.config_hash.substr(0, ck.config_hash.find('#'));

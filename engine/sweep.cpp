@@ -178,6 +178,7 @@ SweepSummary run_sweep(const SweepOptions& opts) {
   }
   const auto runs = expand_sweep(opts.grid, opts.seeds, opts.sets);
   std::vector<std::string> resolved;
+  std::map<std::string, std::string> first_with_config;  // resolved config -> run name
   std::string name;
   for (const auto& r : runs) {
     Config c;
@@ -186,10 +187,10 @@ SweepSummary run_sweep(const SweepOptions& opts) {
     } catch (const Error& e) {
       MMFL_FAIL("sweep run '", r.name, "': ", e.reason());
     }
-    for (size_t j = 0; j < resolved.size(); ++j)
-      MMFL_CHECK(resolved[j] != c.resolved_yaml, "sweep runs '", runs[j].name, "' and '", r.name,
-                 "' resolve to the same config (values spelled differently, such as 0.1 and "
-                 "0.10); drop one of them");
+    const auto [same, fresh] = first_with_config.emplace(c.resolved_yaml, r.name);
+    MMFL_CHECK(fresh, "sweep runs '", same->second, "' and '", r.name,
+               "' resolve to the same config (values spelled differently, such as 0.1 and "
+               "0.10); drop one of them");
     resolved.push_back(c.resolved_yaml);
     name = c.name;
   }

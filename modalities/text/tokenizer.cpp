@@ -60,11 +60,15 @@ Tokenizer Tokenizer::load(const std::string& path) {
   return Tokenizer(std::move(tokens));
 }
 
-void Tokenizer::save(const std::string& path) const {
+std::string Tokenizer::text() const {
   std::string text;
   for (const auto& t : tokens_)
     text += t + '\n';
-  write_file_atomic(path, text);
+  return text;
+}
+
+void Tokenizer::save(const std::string& path) const {
+  write_file_atomic(path, text());
 }
 
 std::vector<int64_t> Tokenizer::encode(const std::string& text, int64_t max_len) const {

@@ -20,6 +20,8 @@ class Tokenizer {
   // One token per line, ids in line order; the first two lines must be <pad> and <unk>.
   static Tokenizer load(const std::string& path);
   void save(const std::string& path) const;
+  // What save() writes: one token per line.
+  std::string text() const;
 
   static std::vector<std::string> split(const std::string& text);
   // Ids of `text`, truncated or padded with kPad to `max_len`.
